@@ -3,6 +3,7 @@
 # Idempotent: when `docker info` answers and `docker compose version` is v2, it does nothing.
 set -euo pipefail
 
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 log() { printf '[engine] %s\n' "$*" >&2; }
 
 need_root() {
@@ -24,14 +25,6 @@ install_engine_packages() {
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
     docker.io cgroupfs-mount >/dev/null
-}
-
-# The mirror this machine's own apt sources already use (deb822 or one-line format).
-debian_mirror() {
-  local m
-  m=$(grep -rhoE 'https?://[^ ]*/debian/?( |$)' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null \
-      | grep -v security | head -n1 | tr -d ' ')
-  printf '%s' "${m:-http://deb.debian.org/debian}"
 }
 
 install_compose_v2() {

@@ -1,0 +1,161 @@
+"""Filesystem primitives shared by every module that writes: atomic writes and path safety.
+
+Atomic write: temp file in the same directory, fsync, chmod/chown on the temp file, rename over
+the target, fsync the directory. A crash at any point leaves the old complete file or the new
+complete file, never a partial one, and the new file never exists with a looser mode.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyHomeError
+
+# Paths a bootstrap tool must never write into or chown, even when told to.
+SYSTEM_DIRS = (
+    "/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/root",
+    "/run", "/sbin", "/sys", "/usr", "/var", "/var/lib", "/var/lib/docker", "/var/lib/containerd",
+    "/var/run", "/home", "/opt", "/srv", "/mnt", "/media", "/tmp", "/var/tmp", "/var/log",
+)
+# Trees that are refused as a whole, including everything beneath them.
+SYSTEM_TREES = (
+    "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/sbin", "/sys",
+    "/usr", "/var/lib/docker", "/var/lib/containerd", "/run/docker.sock", "/var/run/docker.sock",
+)
+
+
+def fsync_dir(path: str) -> None:
+    """fsync a directory so a rename inside it is durable."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str, data: bytes, mode: int = 0o600, uid: int = -1, gid: int = -1) -> None:
+    """Write ``data`` to ``path`` atomically with the given mode and owner (-1 keeps the default).
+
+    The temp file is created 0600 before any byte is written, so the content is never exposed
+    with a looser mode, even briefly.
+    """
+    directory = os.path.dirname(os.path.abspath(path)) or "."
+    base = os.path.basename(path)
+    tmp = None
+    for attempt in range(100):
+        candidate = os.path.join(directory, f".{base}.tmp{os.getpid()}.{attempt}")
+        try:
+            fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        except FileExistsError:
+            continue
+        tmp = candidate
+        break
+    if tmp is None:
+        raise HyHomeError(f"could not create a temporary file next to {path}")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if uid != -1 or gid != -1:
+            os.chown(tmp, uid, gid)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+        tmp = None
+        fsync_dir(directory)
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+def remove_stale_temps(directory: str, base: str) -> int:
+    """Remove temp files a crashed writer left next to ``base``; returns how many."""
+    removed = 0
+    prefix = f".{base}.tmp"
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return 0
+    for name in names:
+        if name.startswith(prefix):
+            try:
+                os.unlink(os.path.join(directory, name))
+                removed += 1
+            except OSError:
+                pass
+    return removed
+
+
+def _normal(path: str) -> str:
+    return os.path.normpath(os.path.abspath(path))
+
+
+def refuse_dangerous(path: str, what: str = "path") -> None:
+    """Raise for ``/``, system directories and trees, and the Docker socket."""
+    p = _normal(path)
+    real = os.path.realpath(p)
+    for candidate in {p, real}:
+        if candidate in SYSTEM_DIRS:
+            raise HyHomeError(f"refusing {what} {path}: it is a system directory")
+        for tree in SYSTEM_TREES:
+            if tree != "/" and (candidate == tree or candidate.startswith(tree + "/")):
+                raise HyHomeError(f"refusing {what} {path}: it is inside the system tree {tree}")
+
+
+def ensure_within(root: str, path: str, what: str = "path") -> str:
+    """Return the absolute form of ``path`` after checking it stays inside ``root``.
+
+    Checks the lexical path (no ``../`` escape) and every existing component with symlinks
+    resolved (a symlinked component pointing outside ``root`` is refused).
+    """
+    root_n = _normal(root)
+    p = _normal(path if os.path.isabs(path) else os.path.join(root_n, path))
+    if p != root_n and not p.startswith(root_n.rstrip("/") + "/"):
+        raise HyHomeError(f"refusing {what} {path}: it is outside {root_n}")
+    root_real = os.path.realpath(root_n)
+    real = os.path.realpath(p)
+    if real != root_real and not real.startswith(root_real.rstrip("/") + "/"):
+        raise HyHomeError(f"refusing {what} {path}: a symlink makes it resolve to {real}, outside {root_n}")
+    return p
+
+
+def is_symlink(path: str) -> bool:
+    try:
+        return stat.S_ISLNK(os.lstat(path).st_mode)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            return False
+        raise
+
+
+def resolve_owner(owner, group=None) -> tuple[int, int]:
+    """Turn user/group names or numbers into (uid, gid); -1 where not given. Unknown names raise."""
+    import grp
+    import pwd
+
+    def _uid(value):
+        if value is None or value == "":
+            return -1
+        if isinstance(value, int) or str(value).isdigit():
+            return int(value)
+        try:
+            return pwd.getpwnam(str(value)).pw_uid
+        except KeyError:
+            raise HyHomeError(f"unknown owner {value!r}: no such user on this host (use a numeric uid)") from None
+
+    def _gid(value):
+        if value is None or value == "":
+            return -1
+        if isinstance(value, int) or str(value).isdigit():
+            return int(value)
+        try:
+            return grp.getgrnam(str(value)).gr_gid
+        except KeyError:
+            raise HyHomeError(f"unknown group {value!r}: no such group on this host (use a numeric gid)") from None
+
+    return _uid(owner), _gid(group)

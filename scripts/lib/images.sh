@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Build, without any registry, the local images the project needs:
+#   debian:bookworm-slim          minbase Debian from Debian's archive (mmdebstrap), for FROM lines
+#   hyhome/molecule-debian:bookworm  Molecule target: that base + python3, python3-apt, sudo
+#   hyhome/busybox:local          a 2 MB static busybox image for compose tests
+# The rootfs tarball is cached outside the repo (key: suite + recipe hash + ISO week) and every
+# image is labelled with its key, so a re-run costs ~0 s.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+CACHE=${HYHOME_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hyhome-bootstrap}
+SUITE=${HYHOME_SUITE:-bookworm}
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+log() { printf '[images] %s\n' "$*" >&2; }
+mkdir -p "$CACHE"
+
+label_of() { docker image inspect --format '{{ index .Config.Labels "org.hyhome.key" }}' "$1" 2>/dev/null || :; }
+
+apt_need() {
+  local missing=()
+  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  [ "${#missing[@]}" -eq 0 ] && return 0
+  log "installing ${missing[*]}"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+mirror=$(debian_mirror)
+
+# --- 1. minbase Debian, tagged as the name Dockerfiles expect -------------------------------
+recipe="mmdebstrap --variant=minbase merged-usr excludes=man,doc,locale include=ca-certificates $SUITE"
+key="$SUITE-$(printf '%s' "$recipe" | sha256sum | cut -c1-12)-$(date +%G%V)"
+base="debian:$SUITE-slim"
+if [ "$(label_of "$base")" != "$key" ]; then
+  tarball="$CACHE/rootfs-$key.tar"
+  if [ ! -s "$tarball" ]; then
+    apt_need mmdebstrap
+    log "building $SUITE minbase rootfs from $mirror (no registry here: this replaces 'docker pull $base')"
+    mmdebstrap --quiet --variant=minbase --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
+      --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/doc/*' \
+      --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-include=/usr/share/locale/locale.alias' \
+      --include=ca-certificates "$SUITE" "$tarball.tmp.tar" "$mirror"
+    mv "$tarball.tmp.tar" "$tarball"
+    find "$CACHE" -maxdepth 1 -name "rootfs-$SUITE-*.tar" ! -name "rootfs-$key.tar" -delete
+  fi
+  log "importing $base"
+  docker import --change 'CMD ["bash"]' --change "LABEL org.hyhome.key=$key" "$tarball" "$base" >/dev/null
+fi
+
+# --- 2. Molecule target ----------------------------------------------------------------------
+target="hyhome/molecule-debian:$SUITE"
+tkey="$key-$(printf 'python3 python3-apt sudo procps' | sha256sum | cut -c1-8)"
+if [ "$(label_of "$target")" != "$tkey" ]; then
+  log "building $target"
+  docker build -q -t "$target" --label "org.hyhome.key=$tkey" - >/dev/null <<DOCKERFILE
+FROM $base
+RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+      python3 python3-apt sudo procps && rm -rf /var/lib/apt/lists/*
+CMD ["sleep", "infinity"]
+DOCKERFILE
+fi
+
+# --- 3. busybox ------------------------------------------------------------------------------
+bb="hyhome/busybox:local"
+if [ -z "$(label_of "$bb")" ]; then
+  apt_need busybox-static
+  tmp=$(mktemp -d)
+  mkdir -p "$tmp/bin" "$tmp/etc" "$tmp/tmp"
+  cp /bin/busybox "$tmp/bin/busybox"
+  for a in $("$tmp/bin/busybox" --list); do [ "$a" = busybox ] || ln -s busybox "$tmp/bin/$a"; done
+  printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\napp:x:1000:1000:app:/home/app:/bin/sh\n' >"$tmp/etc/passwd"
+  printf 'root:x:0:\nnogroup:x:65534:\napp:x:1000:\n' >"$tmp/etc/group"
+  chmod 1777 "$tmp/tmp"
+  tar -C "$tmp" -c . | docker import --change 'CMD ["sh"]' --change 'LABEL org.hyhome.key=busybox' - "$bb" >/dev/null
+  rm -rf "$tmp"
+fi
+log "ready: $base, $target, $bb"
