@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Build, without any registry, the local images the project needs:
 #   debian:bookworm-slim          minbase Debian from Debian's archive (mmdebstrap), for FROM lines
-#   hyhome/molecule-debian:bookworm  Molecule target: that base + python3, python3-apt, sudo
-#   hyhome/busybox:local          a 2 MB static busybox image for compose tests
+#   hyhome/molecule-debian:bookworm  Molecule target (dev): that base + python3, python3-apt, sudo
+#   hyhome/busybox:local          (dev) a 2 MB static busybox image for compose tests
 # The rootfs tarball is cached outside the repo (key: suite + recipe hash + ISO week) and every
 # image is labelled with its key, so a re-run costs ~0 s.
 set -euo pipefail
@@ -10,6 +10,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 CACHE=${HYHOME_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hyhome-bootstrap}
 SUITE=${HYHOME_SUITE:-bookworm}
+PROFILE=${1:-dev}   # runtime: only the base image the stack builds FROM; dev: also the test images
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 log() { printf '[images] %s\n' "$*" >&2; }
 mkdir -p "$CACHE"
@@ -45,6 +46,8 @@ if [ "$(label_of "$base")" != "$key" ]; then
   log "importing $base"
   docker import --change 'CMD ["bash"]' --change "LABEL org.hyhome.key=$key" "$tarball" "$base" >/dev/null
 fi
+
+[ "$PROFILE" = dev ] || { log "ready: $base"; exit 0; }
 
 # --- 2. Molecule target ----------------------------------------------------------------------
 target="hyhome/molecule-debian:$SUITE"
