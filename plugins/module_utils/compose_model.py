@@ -9,11 +9,41 @@ API (stable; other module_utils depend on it):
 
     load_project(project_dir, files=None, env_file=None, profiles=None, docker="docker") -> Project
     project_from_config(config: dict, project_dir, raw=None) -> Project   # pure, for unit tests
+
+Helpers added on top of the agreed API (all optional for callers):
+
+    load_raw(project_dir, files=None, env_file=None) -> RawProject      # raw YAML walk only
+    project_from_raw(raw, project_dir, config_error=None) -> Project    # best-effort fallback
+    find_compose_file(project_dir) -> str
+    parse_bytes("256m") -> 268435456
+    scan_interpolations(text) -> list[(name, operator, offset)]
 """
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import shutil
+import subprocess
 from dataclasses import dataclass, field
+
+import yaml
+from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyHomeError
+
+try:  # libyaml keeps marks (line numbers) and is several times faster
+    _Loader = yaml.CSafeLoader
+except AttributeError:  # pragma: no cover - pure-Python fallback
+    _Loader = yaml.SafeLoader
+
+# Compose's own lookup order when no -f is given.
+COMPOSE_FILE_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
+OVERRIDE_FILE_NAMES = ("compose.override.yaml", "compose.override.yml",
+                       "docker-compose.override.yaml", "docker-compose.override.yml")
+SECRETS_DIR = "/run/secrets/"
+_SECRET_PATH_RE = re.compile(r"/run/secrets/([A-Za-z0-9][A-Za-z0-9._-]*)")
+_VAR_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+CONFIG_TIMEOUT = 120
 
 
 @dataclass(frozen=True)
@@ -30,6 +60,7 @@ class Mount:
     host_path: str | None       # absolute host path: bind mounts and local-driver bind volumes
     volume: str | None = None   # named volume key (type "volume")
     create_host_path: bool = True
+    source: str | None = None   # as compose gives it (bind: absolute host path; volume: key)
 
 
 @dataclass(frozen=True)
@@ -47,6 +78,17 @@ class Port:
     published: int | None
     host_ip: str | None
     protocol: str = "tcp"
+
+
+@dataclass(frozen=True)
+class EnvRef:
+    name: str
+    has_default: bool           # ${X:-d} / ${X-d}
+    required: bool              # ${X:?msg} / ${X?msg}
+    location: Location
+    path: str | None = None     # dotted key path of the scalar, e.g. "services.web.command[2]"
+    service: str | None = None  # service whose key holds the scalar (merge keys followed)
+    text: str | None = None     # the reference as written, e.g. "${X:-d}" or "$X"
 
 
 @dataclass
@@ -80,6 +122,10 @@ class Service:
     labels: dict[str, str] = field(default_factory=dict)
     extensions: dict = field(default_factory=dict)   # ``x-hyhome`` and other ``x-*`` keys
     location: Location | None = None
+    env_files: list[str] = field(default_factory=list)       # absolute paths of ``env_file:``
+    # Interpolations written in the raw command / entrypoint / healthcheck (before compose
+    # substituted them): the ``$VAR``-meant-``$$VAR`` traps. ``$$`` escapes are not listed.
+    raw_interpolations: list[EnvRef] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -88,6 +134,7 @@ class Secret:
     file: str | None            # absolute host path for file-based secrets
     external: bool = False
     environment: str | None = None
+    location: Location | None = None   # where the registry entry is written, when known
 
 
 @dataclass(frozen=True)
@@ -98,11 +145,11 @@ class Network:
 
 
 @dataclass(frozen=True)
-class EnvRef:
-    name: str
-    has_default: bool           # ${X:-d} / ${X-d}
-    required: bool              # ${X:?msg} / ${X?msg}
+class FileError:
+    """A compose file that could not be read or parsed (YAML syntax, missing include)."""
+
     location: Location
+    message: str
 
 
 @dataclass
@@ -117,3 +164,897 @@ class Project:
     env_refs: list[EnvRef] = field(default_factory=list)
     config_error: str | None = None          # set when `docker compose config` failed
     source: str = "config"                   # "config" | "raw"
+    # Registry entries written in the files but pruned by compose because no (active) service
+    # uses them. Kept apart so consumers of ``secrets`` only see what the stack needs.
+    unused_secrets: dict[str, Secret] = field(default_factory=dict)
+    file_errors: list[FileError] = field(default_factory=list)
+    config_warnings: list[str] = field(default_factory=list)  # compose's level=warning lines
+    env_file: str | None = None              # the .env file used for interpolation (may not exist)
+    env_file_vars: list[str] = field(default_factory=list)    # names defined there (no values)
+    extensions: dict = field(default_factory=dict)            # top-level ``x-*`` keys
+
+
+# --------------------------------------------------------------------------------------------
+# Small pure helpers
+# --------------------------------------------------------------------------------------------
+
+_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "m": 1024**2, "mb": 1024**2, "g": 1024**3, "gb": 1024**3,
+          "t": 1024**4, "tb": 1024**4}
+
+
+def parse_bytes(value) -> int | None:
+    """Compose/Docker size ("256m", "1g", "1073741824", 512) -> bytes; None when absent."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise HyHomeError(f"invalid memory size: {value!r}")
+    if isinstance(value, int | float):
+        return int(value)
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(value))
+    if not m or m.group(2).lower() not in _UNITS:
+        raise HyHomeError(f"invalid memory size: {value!r} (use e.g. 512m or 1g)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def scan_interpolations(text: str) -> list[tuple[str, str, int, str]]:
+    """Find compose interpolations in ``text``.
+
+    Returns ``(name, operator, offset, written)`` for every ``$VAR`` / ``${VAR}`` /
+    ``${VAR<op>arg}`` (op one of ``:-``, ``-``, ``:?``, ``?``, ``:+``, ``+``; ``""`` for none),
+    including references nested in a default (``${A:-${B}}``). ``$$`` is an escape.
+    """
+    out: list[tuple[str, str, int, str]] = []
+    i, n = 0, len(text)
+    while i < n:
+        if text[i] != "$":
+            i += 1
+            continue
+        nxt = text[i + 1] if i + 1 < n else ""
+        if nxt == "$":
+            i += 2
+            continue
+        if nxt == "{":
+            depth, j = 1, i + 2
+            while j < n and depth:
+                if text[j] == "$" and j + 1 < n and text[j + 1] == "$":
+                    j += 2
+                    continue
+                if text[j] == "{":
+                    depth += 1
+                elif text[j] == "}":
+                    depth -= 1
+                j += 1
+            if depth:  # unterminated: compose rejects it; nothing to report as a reference
+                i += 2
+                continue
+            body = text[i + 2:j - 1]
+            m = _VAR_NAME_RE.match(body)
+            if m:
+                rest = body[m.end():]
+                op = ""
+                for candidate in (":-", ":?", ":+", "-", "?", "+"):
+                    if rest.startswith(candidate):
+                        op = candidate
+                        break
+                out.append((m.group(0), op, i, text[i:j]))
+                if op:
+                    arg_offset = i + 2 + m.end() + len(op)
+                    for name, nop, off, written in scan_interpolations(rest[len(op):]):
+                        out.append((name, nop, arg_offset + off, written))
+            i = j
+            continue
+        m = _VAR_NAME_RE.match(text, i + 1)
+        if m:
+            out.append((m.group(0), "", i, text[i:m.end()]))
+            i = m.end()
+            continue
+        i += 1
+    return out
+
+
+def _expand_defaults(text: str, env: dict[str, str]) -> str:
+    """Best-effort interpolation for the raw fallback: values from ``env`` else defaults."""
+
+    def repl(name: str, op: str, arg: str) -> str | None:
+        val = env.get(name)
+        if op in (":-", ":?"):
+            return val if val else (arg if op == ":-" else None)
+        if op in ("-", "?"):
+            return val if val is not None else (arg if op == "-" else None)
+        if op == ":+":
+            return arg if val else ""
+        if op == "+":
+            return arg if val is not None else ""
+        return val
+
+    result, last = [], 0
+    for name, op, off, written in scan_interpolations(text):
+        if off < last:  # nested in a default already handled
+            continue
+        arg = ""
+        if op:
+            arg = _expand_defaults(written[2 + len(name) + len(op):-1], env)
+        value = repl(name, op, arg)
+        result.append(text[last:off])
+        result.append(written if value is None else value)
+        last = off + len(written)
+    result.append(text[last:])
+    return "".join(result).replace("$$", "$")
+
+
+def _secret_paths(service: Service) -> set[str]:
+    texts: list[str] = []
+    for value in (service.command, service.entrypoint):
+        if isinstance(value, list):
+            texts.extend(str(v) for v in value)
+        elif isinstance(value, str):
+            texts.append(value)
+    if service.healthcheck and not service.healthcheck.get("disable"):
+        test = service.healthcheck.get("test")
+        if isinstance(test, list):
+            texts.extend(str(v) for v in test)
+        elif isinstance(test, str):
+            texts.append(test)
+    for key, value in service.environment.items():
+        if key.endswith("_FILE") and isinstance(value, str):
+            texts.append(value)
+    found = set()
+    for text in texts:
+        for m in _SECRET_PATH_RE.finditer(text):
+            found.add(SECRETS_DIR + m.group(1).rstrip("."))
+    return found
+
+
+def _as_bool(value) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "yes", "1", "on")
+    return bool(value)
+
+
+def _as_int(value) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        return int(str(value).split("-")[0])
+    except ValueError:
+        return None
+
+
+def _mode(value) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, str):  # raw YAML 1.1 reads 0o440 as a string; compose reads "0440" as decimal
+        value = value.strip().lower()
+        return int(value[2:], 8) if value.startswith("0o") else int(value)
+    return int(value)
+
+
+def _str_list(value) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    return [str(v) for v in value]
+
+
+def _norm_healthcheck(value) -> dict | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        return None
+    test = value.get("test")
+    if _as_bool(value.get("disable")) or test == ["NONE"] or test == "NONE":
+        return {"disable": True}
+    return dict(value)
+
+
+def _norm_env(value) -> dict[str, str | None]:
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        return {str(k): (None if v is None else str(v)) for k, v in value.items()}
+    env: dict[str, str | None] = {}
+    for item in value:
+        key, sep, val = str(item).partition("=")
+        env[key] = val if sep else None
+    return env
+
+
+def _norm_depends(value) -> dict[str, dict]:
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        return {str(k): dict(v or {}) for k, v in value.items()}
+    return {str(k): {"condition": "service_started"} for k in value}
+
+
+def _norm_labels(value) -> dict[str, str]:
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        return {str(k): "" if v is None else str(v) for k, v in value.items()}
+    out = {}
+    for item in value:
+        key, _, val = str(item).partition("=")
+        out[key] = val
+    return out
+
+
+def _mem_limit(svc: dict) -> int | None:
+    value = svc.get("mem_limit")
+    if value in (None, "", 0, "0"):
+        value = (((svc.get("deploy") or {}).get("resources") or {}).get("limits") or {}).get("memory")
+    return parse_bytes(value) or None
+
+
+def _bind_volume_path(volume: dict | None) -> str | None:
+    """Host path of a named volume on the local driver with ``o: bind`` + ``device:``."""
+    if not volume or volume.get("external"):
+        return None
+    if (volume.get("driver") or "local") != "local":
+        return None
+    opts = volume.get("driver_opts") or {}
+    options = [o.strip() for o in str(opts.get("o", "")).split(",")]
+    if ("bind" in options or "rbind" in options) and opts.get("device"):
+        return str(opts["device"])
+    return None
+
+
+def _mount_from_long(vol: dict, volumes: dict, base_dir: str) -> Mount:
+    mtype = vol.get("type") or "volume"
+    source = vol.get("source")
+    target = str(vol.get("target", ""))
+    read_only = _as_bool(vol.get("read_only", False))
+    if mtype == "bind":
+        host = _abspath(str(source), base_dir) if source else None
+        create = _as_bool((vol.get("bind") or {}).get("create_host_path", False))
+        return Mount("bind", target, read_only, host, None, create, host)
+    if mtype == "volume":
+        name = str(source) if source else None
+        host = _bind_volume_path(volumes.get(name)) if name else None
+        if host:
+            host = _abspath(host, base_dir)
+        return Mount("volume", target, read_only, host, name, False, name)
+    return Mount(str(mtype), target, read_only, None, None, False, None if source is None else str(source))
+
+
+def _abspath(path: str, base_dir: str) -> str:
+    path = os.path.expanduser(path)
+    return os.path.normpath(path if os.path.isabs(path) else os.path.join(base_dir, path))
+
+
+def _parse_short_volume(spec: str) -> dict:
+    """Compose short syntax ``[SRC:]TARGET[:MODE]`` -> long syntax dict (POSIX paths only)."""
+    parts = spec.split(":")
+    mode = ""
+    if len(parts) >= 3:
+        source, target, mode = parts[0], parts[1], ":".join(parts[2:])
+    elif len(parts) == 2:
+        if parts[1].startswith("/") or not parts[0]:
+            source, target = parts
+        else:  # "/target:ro"
+            source, target, mode = "", parts[0], parts[1]
+    else:
+        source, target = "", parts[0]
+    options = {o for o in mode.split(",") if o}
+    long: dict = {"target": target, "read_only": "ro" in options}
+    if not source:
+        long["type"] = "volume"
+    elif source.startswith((".", "/", "~")):
+        long.update(type="bind", source=source, bind={"create_host_path": True})
+    else:
+        long.update(type="volume", source=source)
+    return long
+
+
+def _ports(value) -> list[Port]:
+    ports: list[Port] = []
+    for p in value or []:
+        if isinstance(p, dict):
+            target = _as_int(p.get("target"))
+            if target is None:
+                continue
+            ports.append(Port(target, _as_int(p.get("published")), p.get("host_ip") or None,
+                              str(p.get("protocol") or "tcp")))
+            continue
+        spec = str(p)
+        proto = "tcp"
+        if "/" in spec:
+            spec, proto = spec.rsplit("/", 1)
+        parts = spec.rsplit(":", 2) if not spec.startswith("[") else [spec]
+        host_ip, published = None, None
+        if len(parts) == 3:
+            host_ip, published, target_s = parts
+        elif len(parts) == 2:
+            published, target_s = parts
+        else:
+            target_s = parts[0]
+        target = _as_int(target_s)
+        if target is not None:
+            ports.append(Port(target, _as_int(published), host_ip or None, proto))
+    return ports
+
+
+def _secret_refs(value) -> list[SecretRef]:
+    refs = []
+    for s in value or []:
+        if isinstance(s, str):
+            refs.append(SecretRef(s, SECRETS_DIR + s))
+            continue
+        source = str(s.get("source"))
+        target = str(s.get("target") or source)
+        if not target.startswith("/"):
+            target = SECRETS_DIR + target
+        uid = s.get("uid")
+        gid = s.get("gid")
+        refs.append(SecretRef(source, target, None if uid is None else str(uid),
+                              None if gid is None else str(gid), _mode(s.get("mode"))))
+    return refs
+
+
+def _service_from_dict(name: str, svc: dict, volumes: dict, base_dir: str) -> Service:
+    """Build a Service from one compose service mapping (canonical or raw)."""
+    mounts: list[Mount] = []
+    for vol in svc.get("volumes") or []:
+        long = _parse_short_volume(vol) if isinstance(vol, str) else vol
+        mounts.append(_mount_from_long(long, volumes, base_dir))
+    tmpfs = svc.get("tmpfs")
+    for path in _str_list(tmpfs):
+        mounts.append(Mount("tmpfs", path.split(":")[0], False, None, None, False, None))
+    networks = svc.get("networks") or []
+    networks = list(networks) if isinstance(networks, dict) else [str(n) for n in networks]
+    network_mode = svc.get("network_mode") or None
+    command = svc.get("command")
+    entrypoint = svc.get("entrypoint")
+    extensions = {k: v for k, v in svc.items() if isinstance(k, str) and k.startswith("x-")}
+    env_files = []
+    for ef in svc.get("env_file") or []:
+        path = ef.get("path") if isinstance(ef, dict) else ef
+        if path:
+            env_files.append(_abspath(str(path), base_dir))
+    if isinstance(svc.get("env_file"), str):
+        env_files = [_abspath(svc["env_file"], base_dir)]
+    service = Service(
+        name=name,
+        image=svc.get("image"),
+        build=svc.get("build") if isinstance(svc.get("build"), dict)
+        else ({"context": svc["build"]} if svc.get("build") else None),
+        user=None if svc.get("user") in (None, "") else str(svc.get("user")),
+        mounts=mounts,
+        secrets=_secret_refs(svc.get("secrets")),
+        healthcheck=_norm_healthcheck(svc.get("healthcheck")),
+        ports=_ports(svc.get("ports")),
+        networks=networks,
+        network_mode=None if network_mode is None else str(network_mode),
+        restart=svc.get("restart"),
+        security_opt=_str_list(svc.get("security_opt")),
+        cap_add=_str_list(svc.get("cap_add")),
+        cap_drop=_str_list(svc.get("cap_drop")),
+        privileged=_as_bool(svc.get("privileged", False)),
+        pid=svc.get("pid") or None,
+        ipc=svc.get("ipc") or None,
+        read_only=_as_bool(svc.get("read_only", False)),
+        mem_limit=_mem_limit(svc),
+        environment=_norm_env(svc.get("environment")),
+        depends_on=_norm_depends(svc.get("depends_on")),
+        command=command if command is None or isinstance(command, str) else [str(c) for c in command],
+        entrypoint=entrypoint if entrypoint is None or isinstance(entrypoint, str)
+        else [str(c) for c in entrypoint],
+        profiles=_str_list(svc.get("profiles")),
+        labels=_norm_labels(svc.get("labels")),
+        extensions=extensions,
+        env_files=env_files,
+    )
+    service.secret_paths_read = _secret_paths(service)
+    return service
+
+
+# --------------------------------------------------------------------------------------------
+# Raw files: YAML node walk for line numbers, env references, extensions, registry entries
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class RawFile:
+    path: str                      # absolute
+    data: dict | None              # plain data (merge keys applied), None when unreadable
+    node: yaml.Node | None         # the document's root node, for marks
+    base_dir: str                  # relative paths in this file resolve against it
+
+
+@dataclass
+class RawProject:
+    """The compose files as written: root file(s) first, then included files depth-first."""
+
+    project_dir: str
+    files: list[RawFile] = field(default_factory=list)
+    errors: list[FileError] = field(default_factory=list)
+    env_file: str | None = None
+    env: dict[str, str] = field(default_factory=dict)   # .env values (never returned by modules)
+
+    @property
+    def paths(self) -> list[str]:
+        return [f.path for f in self.files]
+
+
+def _read_dotenv(path: str | None) -> dict[str, str]:
+    """Minimal .env reader (KEY=VALUE, optional quotes, ``export``, comments)."""
+    env: dict[str, str] = {}
+    if not path or not os.path.isfile(path):
+        return env
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            if line.startswith("export "):
+                line = line[7:].lstrip()
+            key, sep, value = line.partition("=")
+            key = key.strip()
+            if not sep or not _VAR_NAME_RE.fullmatch(key):
+                continue
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+                value = value[1:-1]
+            elif " #" in value:
+                value = value.split(" #", 1)[0].rstrip()
+            env[key] = value
+    return env
+
+
+def _mapping_get(node: yaml.Node | None, key: str) -> tuple[yaml.Node, yaml.Node] | None:
+    if not isinstance(node, yaml.MappingNode):
+        return None
+    for k, v in node.value:
+        if isinstance(k, yaml.ScalarNode) and k.value == key:
+            return k, v
+    return None
+
+
+def _load_one(path: str, base_dir: str, raw: RawProject) -> RawFile:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as e:
+        raw.errors.append(FileError(Location(path, None), f"cannot read {path}: {e.strerror}"))
+        return RawFile(path, None, None, base_dir)
+    try:
+        node = yaml.compose(text, Loader=_Loader)
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a safe loader (CSafeLoader/SafeLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(e, "problem", None) or str(e)
+        context = getattr(e, "context", None)
+        msg = f"{problem} ({context})" if context else str(problem)
+        raw.errors.append(FileError(Location(path, line), f"YAML syntax error: {msg}"))
+        return RawFile(path, None, None, base_dir)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raw.errors.append(FileError(Location(path, 1), "top level is not a mapping"))
+        return RawFile(path, None, node, base_dir)
+    return RawFile(path, data, node, base_dir)
+
+
+def _include_entries(data: dict, env: dict[str, str]) -> list[tuple[list[str], str | None]]:
+    """``include:`` entries -> [(paths, project_directory)] (strings or long syntax)."""
+    out = []
+    for entry in data.get("include") or []:
+        if isinstance(entry, str):
+            out.append(([_expand_defaults(entry, env)], None))
+        elif isinstance(entry, dict):
+            paths = entry.get("path")
+            paths = [paths] if isinstance(paths, str) else list(paths or [])
+            pdir = entry.get("project_directory")
+            out.append(([_expand_defaults(str(p), env) for p in paths],
+                        _expand_defaults(str(pdir), env) if pdir else None))
+    return out
+
+
+def find_compose_file(project_dir: str) -> str:
+    """The root compose file compose itself would pick in ``project_dir``."""
+    for name in COMPOSE_FILE_NAMES:
+        candidate = os.path.join(project_dir, name)
+        if os.path.isfile(candidate):
+            return candidate
+    raise HyHomeError(
+        f"{project_dir} is not a compose project: none of {', '.join(COMPOSE_FILE_NAMES)} found there"
+    )
+
+
+def _root_files(project_dir: str, files) -> list[str]:
+    if files:
+        paths = [_abspath(str(f), project_dir) for f in files]
+        for p in paths:
+            if not os.path.isfile(p):
+                raise HyHomeError(f"compose file {p} not found")
+        return paths
+    root = find_compose_file(project_dir)
+    for name in OVERRIDE_FILE_NAMES:
+        candidate = os.path.join(project_dir, name)
+        if os.path.isfile(candidate):
+            return [root, candidate]
+    return [root]
+
+
+def _check_project_dir(project_dir) -> str:
+    if project_dir is None or str(project_dir) == "":
+        raise HyHomeError("no project directory given")
+    path = os.path.abspath(os.path.expanduser(str(project_dir)))
+    if not os.path.exists(path):
+        raise HyHomeError(f"project directory {path} does not exist")
+    if not os.path.isdir(path):
+        raise HyHomeError(f"project path {path} is not a directory")
+    return path
+
+
+def load_raw(project_dir, files=None, env_file=None) -> RawProject:
+    """Read the compose files as written: the root file(s) and, recursively, their ``include:``s.
+
+    Never raises for a broken file: YAML errors and missing includes land in ``errors``.
+    Raises HyHomeError when ``project_dir`` is not a compose project.
+    """
+    project_dir = _check_project_dir(project_dir)
+    roots = _root_files(project_dir, files)
+    env_path = _abspath(str(env_file), project_dir) if env_file else os.path.join(project_dir, ".env")
+    raw = RawProject(project_dir, env_file=env_path, env=_read_dotenv(env_path))
+    seen: set[str] = set()
+
+    def walk(path: str, base_dir: str) -> None:
+        if path in seen:
+            return
+        seen.add(path)
+        rf = _load_one(path, base_dir, raw)
+        raw.files.append(rf)
+        if rf.data is None:
+            return
+        for paths, pdir in _include_entries(rf.data, raw.env):
+            for p in paths:
+                inc = _abspath(p, os.path.dirname(path))
+                inc_base = _abspath(pdir, os.path.dirname(path)) if pdir else os.path.dirname(inc)
+                if not os.path.isfile(inc):
+                    line = _include_line(rf.node, p)
+                    raw.errors.append(FileError(Location(path, line), f"included file {inc} not found"))
+                    continue
+                walk(inc, inc_base)
+
+    for root in roots:
+        # -f files after the first resolve relative paths against the project directory
+        walk(root, project_dir)
+    return raw
+
+
+def _include_line(node, written: str) -> int | None:
+    found = _mapping_get(node, "include")
+    if not found:
+        return None
+    _, seq = found
+    for item in getattr(seq, "value", []):
+        if isinstance(item, yaml.ScalarNode) and item.value == written:
+            return item.start_mark.line + 1
+        pair = _mapping_get(item, "path")
+        if pair:
+            return pair[1].start_mark.line + 1
+    return seq.start_mark.line + 1
+
+
+_TRAP_KEYS = ("command", "entrypoint", "healthcheck")
+
+
+def _scalar_line(node: yaml.ScalarNode, offset: int) -> int:
+    line = node.start_mark.line + 1
+    if node.style in ("|", ">"):
+        # block scalar: content starts on the line after the indicator
+        return line + 1 + node.value.count("\n", 0, offset)
+    return line
+
+
+def _walk_env_refs(node, path: str, file: str, service: str | None, out: list[EnvRef],
+                   seen_nodes: set[int]) -> None:
+    if isinstance(node, yaml.ScalarNode):
+        if "$" not in node.value or node.tag != "tag:yaml.org,2002:str":
+            return
+        for name, op, off, written in scan_interpolations(node.value):
+            out.append(EnvRef(name, op in (":-", "-"), op in (":?", "?"),
+                              Location(file, _scalar_line(node, off)), path, service, written))
+        return
+    key = (id(node), path)
+    if key in seen_nodes:
+        return
+    seen_nodes.add(key)
+    if isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _walk_env_refs(item, f"{path}[{i}]", file, service, out, seen_nodes)
+    elif isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            kname = k.value if isinstance(k, yaml.ScalarNode) else "?"
+            if kname == "<<":  # merge key: attribute the merged keys to this mapping's path
+                for merged in (v.value if isinstance(v, yaml.SequenceNode) else [v]):
+                    _walk_env_refs(merged, path, file, service, out, seen_nodes)
+                continue
+            child_service = service
+            if service is None and path.startswith("services.") and path.count(".") == 1:
+                child_service = path.split(".", 1)[1]
+            if path == "services":
+                child_service = kname
+            _walk_env_refs(v, f"{path}.{kname}" if path else kname, file, child_service, out, seen_nodes)
+
+
+def raw_env_refs(raw: RawProject) -> list[EnvRef]:
+    """Every interpolation in scalar values of every readable file, in file/line order."""
+    refs: list[EnvRef] = []
+    for rf in raw.files:
+        if rf.node is not None:
+            _walk_env_refs(rf.node, "", rf.path, None, refs, set())
+    return refs
+
+
+def _service_locations(raw: RawProject) -> dict[str, Location]:
+    locs: dict[str, Location] = {}
+    for rf in raw.files:
+        found = _mapping_get(rf.node, "services")
+        if not found or not isinstance(found[1], yaml.MappingNode):
+            continue
+        for k, _ in found[1].value:
+            if isinstance(k, yaml.ScalarNode) and k.value not in locs:
+                locs[k.value] = Location(rf.path, k.start_mark.line + 1)
+    return locs
+
+
+def _registry_locations(raw: RawProject) -> dict[str, Location]:
+    locs: dict[str, Location] = {}
+    for rf in raw.files:
+        found = _mapping_get(rf.node, "secrets")
+        if not found or not isinstance(found[1], yaml.MappingNode):
+            continue
+        for k, _ in found[1].value:
+            if isinstance(k, yaml.ScalarNode) and k.value not in locs:
+                locs[k.value] = Location(rf.path, k.start_mark.line + 1)
+    return locs
+
+
+def _raw_registry(raw: RawProject) -> dict[str, Secret]:
+    """Top-level ``secrets:`` of every file, relative ``file:`` resolved against its file's dir."""
+    locs = _registry_locations(raw)
+    registry: dict[str, Secret] = {}
+    for rf in raw.files:
+        for name, spec in ((rf.data or {}).get("secrets") or {}).items():
+            if name in registry or not isinstance(spec, dict):
+                continue
+            path = spec.get("file")
+            path = _abspath(_expand_defaults(str(path), raw.env), rf.base_dir) if path else None
+            registry[str(name)] = Secret(str(name), path, _as_bool(spec.get("external", False)),
+                                         spec.get("environment"), locs.get(str(name)))
+    return registry
+
+
+def _raw_service_extensions(raw: RawProject) -> dict[str, dict]:
+    ext: dict[str, dict] = {}
+    for rf in raw.files:
+        for name, svc in ((rf.data or {}).get("services") or {}).items():
+            if isinstance(svc, dict):
+                for k, v in svc.items():
+                    if isinstance(k, str) and k.startswith("x-"):
+                        ext.setdefault(str(name), {}).setdefault(k, v)
+    return ext
+
+
+def _attach_raw(project: Project, raw: RawProject) -> None:
+    project.files = raw.paths
+    project.file_errors = list(raw.errors)
+    project.env_file = raw.env_file
+    project.env_file_vars = sorted(raw.env)
+    refs = raw_env_refs(raw)
+    seen = set()
+    for ref in refs:
+        key = (ref.name, ref.has_default, ref.required, ref.location, ref.text)
+        if key not in seen:
+            seen.add(key)
+            project.env_refs.append(ref)
+    locs = _service_locations(raw)
+    ext = _raw_service_extensions(raw)
+    for name, svc in project.services.items():
+        svc.location = locs.get(name, svc.location)
+        for k, v in ext.get(name, {}).items():
+            svc.extensions.setdefault(k, v)
+        svc.raw_interpolations = [
+            r for r in refs
+            if r.service == name and r.path and r.path.startswith(tuple(f"services.{name}.{k}" for k in _TRAP_KEYS))
+        ]
+    registry = _raw_registry(raw)
+    for name, secret in registry.items():
+        if name in project.secrets:
+            current = project.secrets[name]
+            project.secrets[name] = Secret(current.name, current.file, current.external,
+                                           current.environment, secret.location)
+        else:
+            project.unused_secrets[name] = secret
+
+
+# --------------------------------------------------------------------------------------------
+# Canonical config -> model
+# --------------------------------------------------------------------------------------------
+
+def project_from_config(config: dict, project_dir, raw: RawProject | None = None) -> Project:
+    """Build the model from ``docker compose config --format json`` output (pure).
+
+    ``raw`` (from :func:`load_raw`) adds file list, line numbers, env references, service ``x-*``
+    extensions (compose's JSON output drops them) and registry entries compose pruned as unused.
+    """
+    if not isinstance(config, dict):
+        raise HyHomeError("compose config is not a mapping")
+    project_dir = os.path.abspath(str(project_dir))
+    volumes = {str(k): dict(v or {}) for k, v in (config.get("volumes") or {}).items()}
+    project = Project(
+        name=str(config.get("name") or _default_project_name(project_dir)),
+        working_dir=project_dir,
+        files=[],
+        volumes=volumes,
+        extensions={k: v for k, v in config.items() if isinstance(k, str) and k.startswith("x-")},
+    )
+    for name, svc in sorted((config.get("services") or {}).items()):
+        project.services[str(name)] = _service_from_dict(str(name), svc or {}, volumes, project_dir)
+    for name, spec in sorted((config.get("secrets") or {}).items()):
+        spec = spec or {}
+        path = spec.get("file")
+        project.secrets[str(name)] = Secret(
+            str(name), _abspath(str(path), project_dir) if path else None,
+            _as_bool(spec.get("external", False)), spec.get("environment"))
+    for key, spec in sorted((config.get("networks") or {}).items()):
+        spec = spec or {}
+        project.networks[str(key)] = Network(str(key), str(spec.get("name") or f"{project.name}_{key}"),
+                                             _as_bool(spec.get("external", False)))
+    if raw is not None:
+        _attach_raw(project, raw)
+    return project
+
+
+def _default_project_name(project_dir: str) -> str:
+    name = re.sub(r"[^a-z0-9_-]", "", os.path.basename(project_dir.rstrip("/")).lower())
+    return name.lstrip("_-") or "default"
+
+
+def project_from_raw(raw: RawProject, project_dir=None, config_error: str | None = None) -> Project:
+    """Best-effort model from the raw files only (used when ``docker compose config`` fails).
+
+    Services from every readable file (later definitions of the same service override keys of
+    earlier ones), relative paths against the defining file's directory, ``.env`` values and
+    ``${X:-default}`` defaults substituted in paths, nothing else interpolated.
+    """
+    project_dir = os.path.abspath(str(project_dir or raw.project_dir))
+    root = raw.files[0].data if raw.files and raw.files[0].data else {}
+    project = Project(
+        name=_default_project_name(str(root.get("name") or project_dir)) if root.get("name")
+        else _default_project_name(project_dir),
+        working_dir=project_dir,
+        files=[],
+        config_error=config_error,
+        source="raw",
+        extensions={k: v for k, v in root.items() if isinstance(k, str) and k.startswith("x-")},
+    )
+    volumes: dict[str, dict] = {}
+    networks: dict[str, dict] = {}
+    for rf in raw.files:
+        for key, spec in ((rf.data or {}).get("volumes") or {}).items():
+            spec = dict(spec or {})
+            opts = dict(spec.get("driver_opts") or {})
+            if opts.get("device"):
+                opts["device"] = _abspath(_expand_defaults(str(opts["device"]), raw.env), rf.base_dir)
+                spec["driver_opts"] = opts
+            volumes.setdefault(str(key), spec)
+        for key, spec in ((rf.data or {}).get("networks") or {}).items():
+            networks.setdefault(str(key), dict(spec or {}))
+    project.volumes = volumes
+    merged: dict[str, tuple[dict, str]] = {}
+    for rf in raw.files:
+        for name, svc in ((rf.data or {}).get("services") or {}).items():
+            if not isinstance(svc, dict):
+                continue
+            if name in merged:
+                base, base_dir = merged[name]
+                merged[name] = ({**base, **svc}, base_dir)
+            else:
+                merged[name] = (dict(svc), rf.base_dir)
+    for name, (svc, base_dir) in sorted(merged.items()):
+        svc = _expand_paths(svc, raw.env)
+        project.services[str(name)] = _service_from_dict(str(name), svc, volumes, base_dir)
+    for key, spec in sorted(networks.items()):
+        ext = _as_bool(spec.get("external", False))
+        default = key if ext else f"{project.name}_{key}"
+        project.networks[key] = Network(key, str(spec.get("name") or default), ext)
+    for name, secret in _raw_registry(raw).items():
+        used = any(ref.source == name for s in project.services.values() for ref in s.secrets)
+        (project.secrets if used else project.unused_secrets)[name] = secret
+    _attach_raw(project, raw)
+    return project
+
+
+def _expand_paths(svc: dict, env: dict[str, str]) -> dict:
+    """Substitute defaults in the keys that carry paths, for the raw fallback."""
+    svc = dict(svc)
+    vols = []
+    for v in svc.get("volumes") or []:
+        if isinstance(v, str):
+            vols.append(_expand_defaults(v, env))
+        elif isinstance(v, dict) and isinstance(v.get("source"), str):
+            vols.append({**v, "source": _expand_defaults(v["source"], env)})
+        else:
+            vols.append(v)
+    if vols:
+        svc["volumes"] = vols
+    for key in ("user", "image", "mem_limit"):
+        if isinstance(svc.get(key), str):
+            svc[key] = _expand_defaults(svc[key], env)
+    return svc
+
+
+# --------------------------------------------------------------------------------------------
+# The loader
+# --------------------------------------------------------------------------------------------
+
+def _docker_binary(docker: str) -> str:
+    if os.sep in docker:
+        if os.path.isfile(docker) and os.access(docker, os.X_OK):
+            return docker
+        raise HyHomeError(f"docker binary {docker} not found or not executable; install Docker Engine and Compose v2")
+    found = shutil.which(docker)
+    if not found:
+        raise HyHomeError(
+            f"docker binary '{docker}' not found in PATH; install Docker Engine and the Compose v2 plugin")
+    return found
+
+
+def compose_command(project_dir: str, files: list[str], env_file=None, profiles=None, docker="docker") -> list[str]:
+    """The ``docker compose ... config --format json`` argv for a project."""
+    cmd = [docker, "compose", "--project-directory", project_dir]
+    for f in files:
+        cmd += ["-f", f]
+    if env_file:
+        cmd += ["--env-file", _abspath(str(env_file), project_dir)]
+    for p in profiles or []:
+        cmd += ["--profile", str(p)]
+    return [*cmd, "config", "--format", "json"]
+
+
+_WARNING_RE = re.compile(r'level=warning msg="((?:[^"\\]|\\.)*)"')
+
+
+def load_project(project_dir, files=None, env_file=None, profiles=None, docker="docker") -> Project:
+    """Load a compose project: one ``docker compose config`` call plus one walk of the raw files.
+
+    ``files`` (relative to ``project_dir``) replaces compose's own file lookup; ``profiles``
+    activates profiles (``["*"]`` for all). Raises HyHomeError when the directory is not a
+    compose project or the docker binary is missing; a project compose rejects is returned with
+    ``config_error`` set and ``source="raw"``.
+    """
+    project_dir = _check_project_dir(project_dir)
+    roots = _root_files(project_dir, files)
+    binary = _docker_binary(docker)
+    raw = load_raw(project_dir, files=roots, env_file=env_file)
+    cmd = compose_command(project_dir, roots, env_file, profiles, binary)
+    env = {k: v for k, v in os.environ.items() if k not in ("COMPOSE_FILE", "COMPOSE_PROFILES")}
+    try:
+        proc = subprocess.run(cmd, cwd=project_dir, capture_output=True, text=True,
+                              timeout=CONFIG_TIMEOUT, env=env, check=False)
+    except FileNotFoundError as e:
+        raise HyHomeError(f"docker binary '{docker}' could not be run: {e.strerror}") from None
+    except subprocess.TimeoutExpired:
+        raise HyHomeError(f"`docker compose config` did not answer within {CONFIG_TIMEOUT}s") from None
+    stderr = proc.stderr or ""
+    if proc.returncode != 0 and _compose_missing(stderr):
+        raise HyHomeError("Docker Compose v2 is not installed: `docker compose` is not a docker command "
+                          "(install the docker-compose-plugin / compose v2 CLI plugin)")
+    if proc.returncode != 0:
+        return project_from_raw(raw, project_dir, config_error=stderr.strip() or f"exit code {proc.returncode}")
+    try:
+        config = json.loads(proc.stdout)
+    except ValueError:
+        return project_from_raw(raw, project_dir, config_error="docker compose config printed no JSON: "
+                                + (proc.stdout[:200] + stderr).strip())
+    project = project_from_config(config, project_dir, raw)
+    project.config_warnings = [m.group(1).replace('\\"', '"') for m in _WARNING_RE.finditer(stderr)]
+    return project
+
+
+def _compose_missing(stderr: str) -> bool:
+    return "is not a docker command" in stderr or ("unknown command" in stderr and "compose" in stderr)

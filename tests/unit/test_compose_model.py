@@ -1,0 +1,320 @@
+"""The compose model: canonical config -> dataclasses, raw walk, fallback, bad input."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_model import (
+    EnvRef,
+    Location,
+    Mount,
+    Port,
+    SecretRef,
+    load_project,
+    load_raw,
+    parse_bytes,
+    project_from_config,
+    project_from_raw,
+    scan_interpolations,
+)
+from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyHomeError
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "..", "fixtures", "compose")
+
+
+def fixture(name: str) -> str:
+    return os.path.abspath(os.path.join(FIXTURES, name))
+
+
+FULL = fixture("full")
+
+
+# ---------------------------------------------------------------- pure helpers
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("256m", 256 * 1024**2), ("1g", 1024**3), ("1G", 1024**3), ("1073741824", 1073741824),
+    (512, 512), ("64kb", 65536), (None, None), ("", None), ("1.5g", int(1.5 * 1024**3)),
+])
+def test_parse_bytes(value, expected):
+    assert parse_bytes(value) == expected
+
+
+@pytest.mark.parametrize("value", ["lots", "12q", True])
+def test_parse_bytes_rejects_garbage(value):
+    with pytest.raises(HyHomeError, match="invalid memory size"):
+        parse_bytes(value)
+
+
+def test_scan_interpolations_all_forms():
+    text = "a $A ${B} ${C:-d} ${D-e} ${E:?m} ${F?m} ${G:+x} $$H $${I} ${J:-${K}} $1 $"
+    got = [(name, op, written) for name, op, _, written in scan_interpolations(text)]
+    assert got == [
+        ("A", "", "$A"), ("B", "", "${B}"), ("C", ":-", "${C:-d}"), ("D", "-", "${D-e}"),
+        ("E", ":?", "${E:?m}"), ("F", "?", "${F?m}"), ("G", ":+", "${G:+x}"),
+        ("J", ":-", "${J:-${K}}"), ("K", "", "${K}"),
+    ]
+    # offsets point at the "$" of each reference, also for nested ones
+    for _name, _op, off, written in scan_interpolations(text):
+        assert text[off:off + len(written)] == written
+
+
+def test_project_from_config_is_pure_and_normalises():
+    config = {
+        "name": "p",
+        "services": {
+            "a": {
+                "image": "busybox",
+                "user": 1000,
+                "mem_limit": "268435456",
+                "volumes": [
+                    {"type": "bind", "source": "/srv/x", "target": "/x", "bind": {"create_host_path": True}},
+                    {"type": "bind", "source": "/srv/y", "target": "/y", "read_only": True},
+                    {"type": "volume", "source": "v", "target": "/v"},
+                    {"type": "volume", "target": "/anon"},
+                ],
+                "secrets": [{"source": "s", "target": "custom", "mode": 288}, {"source": "t", "target": "/abs/t"}],
+                "healthcheck": {"test": ["NONE"]},
+                "ports": [{"target": 80, "published": "8080", "protocol": "tcp"}],
+                "environment": {"X_FILE": "/run/secrets/t", "Y": None},
+                "entrypoint": ["sh", "-c", "cat /run/secrets/s"],
+                "x-hyhome": {"writable": ["/x"]},
+            },
+            "b": {"image": "busybox", "deploy": {"resources": {"limits": {"memory": 1024}}},
+                  "depends_on": {"a": {"condition": "service_healthy"}}},
+        },
+        "secrets": {"s": {"file": "/p/s"}, "t": {"environment": "T"}},
+        "volumes": {"v": {"driver": "local", "driver_opts": {"o": "bind,rw", "device": "/srv/v"}}},
+        "networks": {"default": {"name": "p_default"}, "ext": {"name": "real", "external": True}},
+        "x-top": {"k": 1},
+    }
+    p = project_from_config(config, "/p")
+    a, b = p.services["a"], p.services["b"]
+    assert (p.name, p.working_dir, p.source, p.config_error) == ("p", "/p", "config", None)
+    assert a.user == "1000" and a.mem_limit == 256 * 1024**2 and b.mem_limit == 1024
+    assert a.mounts == [
+        Mount("bind", "/x", False, "/srv/x", None, True, "/srv/x"),
+        Mount("bind", "/y", True, "/srv/y", None, False, "/srv/y"),
+        Mount("volume", "/v", False, "/srv/v", "v", False, "v"),
+        Mount("volume", "/anon", False, None, None, False, None),
+    ]
+    assert a.secrets == [SecretRef("s", "/run/secrets/custom", mode=0o440), SecretRef("t", "/abs/t")]
+    assert a.secret_paths_read == {"/run/secrets/s", "/run/secrets/t"}
+    assert a.healthcheck == {"disable": True} and b.healthcheck is None
+    assert a.ports == [Port(80, 8080, None, "tcp")]
+    assert a.extensions == {"x-hyhome": {"writable": ["/x"]}}
+    assert b.depends_on == {"a": {"condition": "service_healthy"}}
+    assert p.secrets["t"].environment == "T" and p.secrets["s"].file == "/p/s"
+    assert p.networks["ext"].external and p.networks["ext"].name == "real"
+    assert p.extensions == {"x-top": {"k": 1}}
+    assert p.files == [] and p.env_refs == []
+
+
+def test_project_from_config_rejects_non_mapping():
+    with pytest.raises(HyHomeError):
+        project_from_config(["not", "a", "dict"], "/p")
+
+
+# ---------------------------------------------------------------- raw walk
+
+def test_raw_walk_files_locations_and_env_refs():
+    raw = load_raw(FULL)
+    assert raw.paths == [os.path.join(FULL, "compose.yaml"), os.path.join(FULL, "db", "compose.yaml")]
+    assert raw.errors == []
+    assert raw.env == {"DOMAIN": "example.test", "DB_USER": "app"}
+
+
+def test_raw_fallback_when_yaml_is_broken():
+    raw = load_raw(fixture("badyaml"))
+    broken = os.path.join(fixture("badyaml"), "broken-service.yml")
+    assert [(e.location.file, e.location.line) for e in raw.errors] == [(broken, 5)]
+    assert "YAML syntax error" in raw.errors[0].message
+    project = project_from_raw(raw, config_error="boom")
+    assert list(project.services) == ["ok"]
+    assert project.source == "raw" and project.config_error == "boom"
+
+
+# ---------------------------------------------------------------- bad input
+
+def test_missing_directory(tmp_path):
+    with pytest.raises(HyHomeError, match="does not exist"):
+        load_project(str(tmp_path / "nope"))
+
+
+def test_not_a_directory(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(HyHomeError, match="not a directory"):
+        load_project(str(f))
+
+
+def test_not_a_compose_project():
+    with pytest.raises(HyHomeError, match=r"not a compose project: none of compose\.yaml, compose\.yml"):
+        load_project(fixture("notcompose"))
+
+
+def test_explicit_file_missing():
+    with pytest.raises(HyHomeError, match=r"compose file .*/nope\.yaml not found"):
+        load_project(FULL, files=["nope.yaml"])
+
+
+def test_docker_binary_missing():
+    with pytest.raises(HyHomeError, match="docker binary 'no-such-docker' not found in PATH"):
+        load_project(FULL, docker="no-such-docker")
+    with pytest.raises(HyHomeError, match="not found or not executable"):
+        load_project(FULL, docker="/nonexistent/docker")
+
+
+# ---------------------------------------------------------------- real docker compose config
+
+@pytest.fixture(scope="module")
+def full():
+    if shutil.which("docker") is None:
+        pytest.fail("docker is required for @pytest.mark.docker tests")
+    return load_project(FULL, profiles=["*"])
+
+
+@pytest.mark.docker
+def test_full_project_services_and_files(full):
+    assert full.name == "fixture-full" and full.source == "config" and full.config_error is None
+    assert list(full.services) == ["db", "tool", "web"]
+    assert full.files == [os.path.join(FULL, "compose.yaml"), os.path.join(FULL, "db", "compose.yaml")]
+    assert full.services["web"].location == Location(os.path.join(FULL, "compose.yaml"), 10)
+    assert full.services["db"].location == Location(os.path.join(FULL, "db", "compose.yaml"), 2)
+    assert full.config_warnings == ['The "GREETING" variable is not set. Defaulting to a blank string.']
+    assert full.env_file == os.path.join(FULL, ".env") and full.env_file_vars == ["DB_USER", "DOMAIN"]
+
+
+@pytest.mark.docker
+def test_full_project_mounts_all_syntaxes(full):
+    web = full.services["web"]
+    assert web.mounts == [
+        Mount("bind", "/etc/nginx/nginx.conf", True, f"{FULL}/conf/nginx.conf", None, True, f"{FULL}/conf/nginx.conf"),
+        Mount("volume", "/var/cache/nginx", False, None, "web-cache", False, "web-cache"),
+        Mount("bind", "/usr/share/nginx/html", True, f"{FULL}/html", None, False, f"{FULL}/html"),
+        Mount("tmpfs", "/tmp", False, None, None, False, None),
+        Mount("volume", "/srv/bound", False, f"{FULL}/data/bound", "bound", False, "bound"),
+    ]
+    # included file: relative paths resolve against the included file's directory
+    assert full.services["db"].mounts == [
+        Mount("bind", "/var/lib/postgresql/data", False, f"{FULL}/db/data", None, True, f"{FULL}/db/data"),
+    ]
+
+
+@pytest.mark.docker
+def test_full_project_secrets(full):
+    web, db = full.services["web"], full.services["db"]
+    assert web.secrets == [
+        SecretRef("smtp_password", "/run/secrets/smtp_password"),
+        SecretRef("slack_webhook", "/run/secrets/slack", uid="101", mode=0o440),
+    ]
+    assert web.secret_paths_read == {"/run/secrets/smtp_password", "/run/secrets/slack_webhook"}
+    assert db.secret_paths_read == {"/run/secrets/db_password"}
+    assert {k: s.file for k, s in full.secrets.items()} == {
+        "db_password": f"{FULL}/db/secrets/db_password.txt",
+        "slack_webhook": f"{FULL}/secrets/slack_webhook.txt",
+        "smtp_password": f"{FULL}/secrets/smtp_password.txt",
+    }
+    assert full.secrets["smtp_password"].location == Location(f"{FULL}/compose.yaml", 63)
+    # compose prunes registry entries nobody uses; the model keeps them apart
+    assert list(full.unused_secrets) == ["unused_token"]
+    assert full.unused_secrets["unused_token"].file == f"{FULL}/secrets/unused_token.txt"
+
+
+@pytest.mark.docker
+def test_full_project_service_settings(full):
+    web, db, tool = full.services["web"], full.services["db"], full.services["tool"]
+    assert web.image == "nginx:1.25" and web.user == "101:101" and db.user == "999:999" and tool.user is None
+    assert web.security_opt == ["no-new-privileges:true"] and web.cap_drop == ["ALL"] and web.read_only
+    assert web.mem_limit == 128 * 1024**2 and db.mem_limit == 1024**3 and tool.mem_limit is None
+    assert web.ports == [Port(80, 8080, None, "tcp"), Port(443, 8443, "127.0.0.1", "tcp")]
+    assert web.networks == ["front"] and db.networks == ["front", "shared"]
+    assert web.healthcheck["test"] == ["CMD-SHELL", "wget -qO- http://localhost/ || exit 1"]
+    assert tool.healthcheck == {"disable": True}
+    assert (tool.network_mode, tool.pid, tool.ipc, tool.privileged, tool.cap_add) == (
+        "host", "host", "host", True, ["NET_ADMIN"])
+    assert tool.profiles == ["tools"] and web.profiles == []
+    assert web.environment == {"SLACK_WEBHOOK_FILE": "/run/secrets/slack_webhook", "LOG_LEVEL": "info",
+                               "DOMAIN": "example.test"}
+    assert web.depends_on["db"]["condition"] == "service_healthy"
+    assert web.labels == {"org.hyhome.tier": "1"} and web.restart == "unless-stopped"
+    assert web.extensions == {"x-hyhome": {"writable": ["/var/cache/nginx"]}}
+    assert full.networks["shared"].external and full.networks["shared"].name == "hyhome_shared"
+    assert full.networks["front"].name == "fixture-full_front"
+    assert full.volumes["bound"]["driver_opts"]["device"] == f"{FULL}/data/bound"
+
+
+@pytest.mark.docker
+def test_full_project_env_refs(full):
+    compose = f"{FULL}/compose.yaml"
+    got = [(r.name, r.has_default, r.required, r.location.file, r.location.line, r.text) for r in full.env_refs]
+    assert got == [
+        ("NGINX_TAG", True, False, compose, 12, "${NGINX_TAG:-1.25}"),
+        ("GREETING", False, False, compose, 14, "${GREETING}"),
+        ("LOG_LEVEL", True, False, compose, 17, "${LOG_LEVEL-info}"),
+        ("DOMAIN", False, True, compose, 18, "${DOMAIN:?set DOMAIN in .env}"),
+        ("DB_USER", False, False, f"{FULL}/db/compose.yaml", 7, "$DB_USER"),
+    ]
+    # the $VAR traps: interpolations compose applies inside command/entrypoint/healthcheck
+    assert [(r.name, r.path) for r in full.services["web"].raw_interpolations] == [
+        ("GREETING", "services.web.command[2]")]
+    assert full.services["db"].raw_interpolations == []  # $${POSTGRES_USER} is an escape
+    assert full.services["tool"].raw_interpolations == []
+
+
+@pytest.mark.docker
+def test_profiles_filter_services():
+    project = load_project(FULL)
+    assert list(project.services) == ["db", "web"]
+
+
+@pytest.mark.docker
+def test_config_error_falls_back_to_raw():
+    root = fixture("unresolved")
+    project = load_project(root)
+    assert project.source == "raw"
+    assert project.config_error == ("error while interpolating services.proxy.image: "
+                                    "required variable PROXY_IMAGE is missing a value: set PROXY_IMAGE")
+    assert project.files == [f"{root}/compose.yaml", f"{root}/app/compose.yaml"]
+    assert list(project.services) == ["app", "proxy"]
+    proxy, app = project.services["proxy"], project.services["app"]
+    assert proxy.mounts == [Mount("bind", "/etc/proxy.conf", True, f"{root}/conf/proxy.conf", None, True,
+                                  f"{root}/conf/proxy.conf")]
+    assert app.mounts == [Mount("bind", "/state", False, f"{root}/app/state", None, True, f"{root}/app/state")]
+    assert proxy.env_files == [f"{root}/missing.env"] and proxy.user == "1000"
+    assert app.mem_limit == 64 * 1024**2 and app.secret_paths_read == {"/run/secrets/api_key"}
+    assert project.secrets["api_key"].file == f"{root}/secrets/api_key"
+    assert proxy.location == Location(f"{root}/compose.yaml", 6)
+    assert app.location == Location(f"{root}/app/compose.yaml", 2)
+    assert [r.name for r in app.raw_interpolations] == ["API_TOKEN"]
+    assert EnvRef("PROXY_IMAGE", False, True, Location(f"{root}/compose.yaml", 7), "services.proxy.image",
+                  "proxy", "${PROXY_IMAGE:?set PROXY_IMAGE}") in project.env_refs
+
+
+@pytest.mark.docker
+def test_yaml_error_reported_with_file_and_line():
+    root = fixture("badyaml")
+    project = load_project(root)
+    assert project.source == "raw"
+    assert project.config_error.startswith("yaml: line 3")
+    assert [(e.location.file, e.location.line) for e in project.file_errors] == [(f"{root}/broken-service.yml", 5)]
+
+
+@pytest.mark.docker
+def test_missing_include_is_a_file_error(tmp_path):
+    (tmp_path / "compose.yaml").write_text("include:\n  - sub/compose.yaml\nservices:\n  a:\n    image: x\n")
+    project = load_project(str(tmp_path))
+    assert project.source == "raw" and "no such file or directory" in project.config_error
+    assert [(e.location.line, e.message) for e in project.file_errors] == [
+        (2, f"included file {tmp_path}/sub/compose.yaml not found")]
+    assert list(project.services) == ["a"]
+
+
+@pytest.mark.docker
+def test_override_file_is_picked_up(tmp_path):
+    (tmp_path / "compose.yaml").write_text("services:\n  a:\n    image: x\n")
+    (tmp_path / "compose.override.yaml").write_text("services:\n  a:\n    user: '1000'\n")
+    project = load_project(str(tmp_path))
+    assert project.services["a"].user == "1000"
+    assert project.files == [str(tmp_path / "compose.yaml"), str(tmp_path / "compose.override.yaml")]
