@@ -1,0 +1,1016 @@
+"""Bind-mount directories with the owner the container runs as, and fast, safe drift correction.
+
+Pure core of the ``data_dirs`` module (no AnsibleModule here). Three steps:
+
+1. ``derive_paths(project)`` lists every host path the project bind-mounts (short and long bind
+   syntax, local-driver volumes with ``o: bind``) with the services that use it.
+2. ``plan(project, options, images)`` decides, for each path, the owner, group and mode rule, and
+   refuses dangerous paths before anything is touched. Owner per service, in order: inventory
+   override (per path, then per service); the service's ``user:`` (names resolved in the image's
+   own ``/etc/passwd``); the built-in table of images that start as root and drop to a fixed uid;
+   the image's configured user (``Config.User``); root.
+3. ``apply(plan, check_mode, recurse)`` creates what is missing, copies ``*.example`` config files
+   into place, and fixes owner/group/mode drift in one ``scandir`` pass that touches only entries
+   that differ, never follows symlinks and never crosses into another filesystem.
+
+Mode rule for an entry: ``new = (current & allowed) | required``. The directory itself gets an
+exact mode; with ``recurse`` the subtree keeps its modes minus what the directory mode does not
+grant, plus what the container user needs (``u+rwX`` for a writable single-owner tree, ``ug+rwX``
+and setgid for a shared one, ``+rX`` for the owner class or group of a read-only mount).
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import os
+import stat
+import subprocess
+import tarfile
+import uuid
+from dataclasses import dataclass, field
+
+from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyHomeError
+from ansible_collections.hyhome.bootstrap.plugins.module_utils.fileops import (
+    atomic_write,
+    ensure_within,
+    refuse_dangerous,
+    resolve_owner,
+)
+
+# Images that start as root and drop to a fixed user, so the directory must belong to that user
+# even though neither ``user:`` nor ``Config.User`` says so (and even before the image is pulled).
+# Key: repository path without registry and tag; single names match Docker official images.
+DEFAULT_IMAGE_USERS: dict[str, str] = {
+    "postgres": "999:999",
+    "postgis/postgis": "999:999",
+    "timescale/timescaledb": "70:70",
+    "mysql": "999:999",
+    "mariadb": "999:999",
+    "mongo": "999:999",
+    "redis": "999:999",
+    "valkey/valkey": "999:999",
+    "rabbitmq": "999:999",
+    "grafana/grafana": "472:0",
+    "grafana/grafana-oss": "472:0",
+    "grafana/grafana-enterprise": "472:0",
+    "grafana/loki": "10001:10001",
+    "grafana/tempo": "10001:10001",
+    "grafana/mimir": "10001:10001",
+    "grafana/pyroscope": "10001:10001",
+    "prom/prometheus": "65534:65534",
+    "prom/alertmanager": "65534:65534",
+    "prom/pushgateway": "65534:65534",
+    "opensearchproject/opensearch": "1000:1000",
+    "opensearchproject/opensearch-dashboards": "1000:1000",
+    "elasticsearch": "1000:0",
+    "elasticsearch/elasticsearch": "1000:0",
+    "kibana": "1000:0",
+    "kibana/kibana": "1000:0",
+    "keycloak/keycloak": "1000:0",
+    "jboss/keycloak": "1000:0",
+    "influxdb": "1000:1000",
+    "jaegertracing/all-in-one": "10001:10001",
+    "otel/opentelemetry-collector-contrib": "10001:10001",
+    "otel/opentelemetry-collector": "10001:10001",
+    "minio/minio": "0:0",
+}
+
+# Basenames with these suffixes are files: a missing one is reported, never created as a directory
+# (which is what Docker silently does).
+CONFIG_FILE_SUFFIXES = (
+    ".yml", ".yaml", ".json", ".conf", ".cfg", ".ini", ".toml", ".xml", ".pem", ".crt", ".key",
+    ".txt", ".properties", ".sh", ".lua", ".js", ".hcl", ".rules", ".tmpl", ".env", ".cnf", ".sql",
+    ".htpasswd", ".river", ".alloy",
+)
+
+DEFAULT_OPTIONS = {
+    "allowed_roots": None,          # None: the project directory
+    "exclude": None,                # None: <project>/secrets (the secrets and tls roles own it)
+    "overrides": {},                # {service | path: {owner, group, mode}}
+    "image_users": {},              # {repository: "uid[:gid]"} on top of DEFAULT_IMAGE_USERS
+    "mode": 0o750,                  # writable data directory, single owner
+    "shared_mode": 0o2770,          # writable directory shared by services with different users
+    "config_mode": 0o640,           # config files copied from *.example
+    "shared_group": None,           # gid for shared directories when the services' gids differ
+    "missing_image": "warn",        # "warn" | "fail": image needed for a lookup but not present
+    "copy_examples": True,
+}
+
+_SAMPLE_LIMIT = 20
+_DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_OPEN = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0)
+
+
+# --------------------------------------------------------------------------------------------
+# 1. Derivation
+
+
+@dataclass(frozen=True)
+class Use:
+    """One service's mount of a host path."""
+
+    service: str
+    target: str
+    read_only: bool
+    via: str            # "bind" or "volume:<key>"
+
+
+@dataclass
+class HostPath:
+    """A host path the project bind-mounts, with every service that mounts it."""
+
+    path: str
+    kind: str = "dir"               # "dir" | "file"
+    uses: list[Use] = field(default_factory=list)
+
+
+def _volume_device(project, key: str) -> str | None:
+    """Host path of a local-driver volume with ``o: bind``, else None."""
+    spec = (project.volumes or {}).get(key) or {}
+    if spec.get("external"):
+        return None
+    if (spec.get("driver") or "local") != "local":
+        return None
+    opts = spec.get("driver_opts") or {}
+    o = {part.strip() for part in str(opts.get("o", "")).split(",")}
+    if not ({"bind", "rbind"} & o) or not opts.get("device"):
+        return None
+    return str(opts["device"])
+
+
+def _looks_like_file(path: str) -> bool:
+    base = os.path.basename(path).lower()
+    return base.endswith(CONFIG_FILE_SUFFIXES) or base.startswith(".env")
+
+
+def derive_paths(project) -> tuple[list[HostPath], list[str]]:
+    """Every host path bind-mounted by ``project``, sorted, plus warnings.
+
+    Relative paths are resolved against the project directory (``docker compose config`` has
+    already made bind sources absolute; Compose 2.26 leaves a relative volume ``device`` as is).
+    """
+    by_path: dict[str, HostPath] = {}
+    warnings: list[str] = []
+    for sname in sorted(project.services):
+        svc = project.services[sname]
+        for m in svc.mounts:
+            host = m.host_path
+            via = "bind"
+            if m.type == "volume":
+                if not m.volume:
+                    continue
+                via = f"volume:{m.volume}"
+                if not host:
+                    host = _volume_device(project, m.volume)
+                if not host:
+                    continue
+            elif m.type != "bind" or not host:
+                continue
+            if not os.path.isabs(host):
+                warnings.append(
+                    f"service {sname}: {via} path {host!r} is relative; resolved against {project.working_dir}, "
+                    "but Docker receives it unresolved for a volume device: write it as ${PWD}/... or absolute"
+                )
+                host = os.path.join(project.working_dir, host)
+            host = os.path.normpath(host)
+            hp = by_path.setdefault(host, HostPath(host))
+            hp.uses.append(Use(sname, m.target, bool(m.read_only), via))
+    for hp in by_path.values():
+        if os.path.isdir(hp.path):
+            # An empty directory named like a file is what Docker leaves when a bind-mounted file is missing.
+            filelike = _example_for(hp.path) or _looks_like_file(hp.path)
+            hp.kind = "file" if filelike and not os.listdir(hp.path) else "dir"
+        elif os.path.lexists(hp.path) or _example_for(hp.path) or _looks_like_file(hp.path):
+            hp.kind = "file"
+    return [by_path[p] for p in sorted(by_path)], warnings
+
+
+def _example_for(path: str) -> str | None:
+    """The ``*.example`` file next to ``path`` (``x.conf.example`` or ``x.example.conf``)."""
+    stem, ext = os.path.splitext(path)
+    for cand in (path + ".example", stem + ".example" + ext if ext else None):
+        if cand and os.path.isfile(cand):
+            return cand
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# 2. Owner resolution
+
+
+@dataclass(frozen=True)
+class Identity:
+    uid: int
+    gid: int
+    source: str         # override | user | image-table | image-config | root
+    detail: str = ""
+
+
+class ImageMissing(Exception):
+    """The image is not present on the engine (not pulled or built yet)."""
+
+
+def parse_passwd(text: str) -> dict[str, tuple[int, int]]:
+    """``name -> (uid, gid)`` from an /etc/passwd text; bad lines are ignored."""
+    out = {}
+    for line in text.splitlines():
+        parts = line.split(":")
+        if len(parts) >= 4 and parts[2].isdigit() and parts[3].isdigit():
+            out.setdefault(parts[0], (int(parts[2]), int(parts[3])))
+    return out
+
+
+def parse_group(text: str) -> dict[str, int]:
+    """``name -> gid`` from an /etc/group text."""
+    out = {}
+    for line in text.splitlines():
+        parts = line.split(":")
+        if len(parts) >= 3 and parts[2].isdigit():
+            out.setdefault(parts[0], int(parts[2]))
+    return out
+
+
+def _untar_one(data: bytes) -> str:
+    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+        for member in tf:
+            if member.isfile():
+                fh = tf.extractfile(member)
+                return fh.read().decode("utf-8", "replace") if fh else ""
+    return ""
+
+
+class DockerImages:
+    """Reads an image's configured user and its /etc/passwd and /etc/group without running it.
+
+    The files are copied out of a created, never started container (``get_archive``): the engine
+    resolves layers and whiteouts, and only two small files cross the socket, however large the
+    image. Uses the docker SDK; falls back to the docker CLI where the SDK is not installed (a
+    target host with only the engine). Results are cached per image for the life of the object.
+    """
+
+    def __init__(self, docker_host: str | None = None, docker_cli: str = "docker"):
+        self.docker_host = docker_host
+        self.docker_cli = docker_cli
+        self._client = None
+        self._users: dict[str, str | None] = {}
+        self._files: dict[str, tuple[dict, dict]] = {}
+        self.lookups = 0            # containers created (for tests and reports)
+
+    def _sdk(self):
+        if self._client is None:
+            try:
+                import docker
+            except ImportError:
+                self._client = False
+            else:
+                try:
+                    self._client = (docker.DockerClient(base_url=self.docker_host) if self.docker_host
+                                    else docker.from_env())
+                except docker.errors.DockerException as exc:
+                    raise HyHomeError(f"cannot reach the Docker engine to inspect images: {exc}") from None
+        return self._client
+
+    def _cli(self, *args: str, binary: bool = False):
+        env = dict(os.environ)
+        if self.docker_host:
+            env["DOCKER_HOST"] = self.docker_host
+        try:
+            res = subprocess.run([self.docker_cli, *args], capture_output=True, env=env, check=False, timeout=120)
+        except FileNotFoundError:
+            raise HyHomeError("neither the docker SDK for Python nor the docker CLI is available "
+                              "to inspect images; set an owner override instead") from None
+        if res.returncode != 0:
+            err = res.stderr.decode("utf-8", "replace").strip()
+            if "No such image" in err or "No such object" in err:
+                raise ImageMissing(err)
+            if "Could not find the file" in err or "No such container:path" in err:
+                return None
+            raise HyHomeError(f"docker {args[0]} failed: {err}")
+        return res.stdout if binary else res.stdout.decode("utf-8", "replace")
+
+    def config_user(self, image: str) -> str | None:
+        """``Config.User`` of a local image ('' or None when unset). Raises ImageMissing."""
+        if image not in self._users:
+            client = self._sdk()
+            if client:
+                import docker
+                try:
+                    info = client.api.inspect_image(image)
+                except docker.errors.ImageNotFound:
+                    raise ImageMissing(image) from None
+                except docker.errors.APIError as exc:
+                    raise HyHomeError(f"cannot inspect image {image}: {exc}") from None
+                self._users[image] = (info.get("Config") or {}).get("User") or None
+            else:
+                out = self._cli("image", "inspect", "--format", "{{json .Config.User}}", image)
+                self._users[image] = json.loads(out.strip() or '""') or None
+        return self._users[image]
+
+    def accounts(self, image: str) -> tuple[dict[str, tuple[int, int]], dict[str, int]]:
+        """(passwd, group) of a local image, parsed. Raises ImageMissing."""
+        if image not in self._files:
+            self.config_user(image)     # ImageMissing early, before creating anything
+            texts = self._read_files(image, ("/etc/passwd", "/etc/group"))
+            self._files[image] = (parse_passwd(texts[0]), parse_group(texts[1]))
+        return self._files[image]
+
+    def _read_files(self, image: str, paths: tuple[str, ...]) -> list[str]:
+        name = f"hyhome-passwd-probe-{uuid.uuid4().hex[:12]}"
+        self.lookups += 1
+        client = self._sdk()
+        if client:
+            import docker
+            cid = client.api.create_container(
+                image, entrypoint=["/hyhome-probe-never-started"], command=[], network_disabled=True,
+                name=name, labels={"org.hyhome.probe": "data_dirs"})["Id"]
+            try:
+                out = []
+                for p in paths:
+                    try:
+                        chunks, _ = client.api.get_archive(cid, p)
+                        out.append(_untar_one(b"".join(chunks)))
+                    except docker.errors.NotFound:
+                        out.append("")
+                return out
+            finally:
+                client.api.remove_container(cid, force=True)
+        cid = self._cli("create", "--name", name, "--network", "none", "--label", "org.hyhome.probe=data_dirs",
+                        "--entrypoint", "/hyhome-probe-never-started", image).strip()
+        try:
+            out = []
+            for p in paths:
+                data = self._cli("cp", f"{cid}:{p}", "-", binary=True)
+                out.append(_untar_one(data) if data else "")
+            return out
+        finally:
+            self._cli("rm", "-f", cid)
+
+
+def image_repository(image: str) -> str:
+    """Repository path of an image reference without registry, tag, digest and ``library/``."""
+    ref = image.split("@", 1)[0]
+    last = ref.rsplit("/", 1)
+    if ":" in last[-1]:
+        ref = ref[: len(ref) - len(last[-1]) + last[-1].index(":")]
+    parts = ref.split("/")
+    if len(parts) > 1 and ("." in parts[0] or ":" in parts[0] or parts[0] == "localhost"):
+        parts = parts[1:]
+    if parts and parts[0] == "library":
+        parts = parts[1:]
+    return "/".join(parts).lower()
+
+
+def table_lookup(image: str, table: dict[str, str]) -> tuple[str, str] | None:
+    """(key, "uid:gid") for ``image`` from ``table``.
+
+    A namespaced key (``grafana/loki``) matches the repository or any mirror path ending in it; a
+    single name (``postgres``) matches only the official image, also behind a mirror path ending
+    in ``library/postgres``.
+    """
+    repo = image_repository(image)
+    raw = image.split("@", 1)[0].lower()
+    for key in sorted(table, key=len, reverse=True):
+        k = key.lower()
+        if "/" in k:
+            if repo == k or repo.endswith("/" + k):
+                return key, table[key]
+        elif repo == k or raw.rsplit(":", 1)[0].endswith("/library/" + k):
+            return key, table[key]
+    return None
+
+
+def _split_user(spec: str) -> tuple[str, str | None]:
+    user, _, group = str(spec).partition(":")
+    return user.strip(), (group.strip() or None)
+
+
+def _owner_spec(value, what: str) -> tuple[int, int | None]:
+    """"uid[:gid]" (numbers only) from the table or an override."""
+    user, group = _split_user(value)
+    if not user.isdigit() or (group is not None and not group.isdigit()):
+        raise HyHomeError(f"{what}: {value!r} must be numeric 'uid' or 'uid:gid'")
+    return int(user), (int(group) if group is not None else None)
+
+
+class OwnerResolver:
+    """Decides which uid:gid a service's processes run as; see the module docstring for the order."""
+
+    def __init__(self, options: dict, images=None):
+        self.options = options
+        self.images = images
+        self.table = {**DEFAULT_IMAGE_USERS, **{str(k): str(v) for k, v in (options.get("image_users") or {}).items()}}
+        self.warnings: list[str] = []
+        self._cache: dict[str, Identity] = {}
+
+    def _images(self):
+        if self.images is None:
+            self.images = DockerImages()
+        return self.images
+
+    def _image_missing(self, svc, why: str) -> None:
+        msg = (f"service {svc.name}: image {svc.image} is not on this engine, so {why}; pull or build it "
+               "first, or set an override for the service")
+        if self.options.get("missing_image") == "fail":
+            raise HyHomeError(msg)
+        self.warnings.append(msg)
+
+    def _resolve_spec(self, svc, spec: str, source: str) -> Identity | None:
+        """``user:`` / ``Config.User`` text to an Identity, names looked up in the image."""
+        user, group = _split_user(spec)
+        if user.isdigit() and (group is None or group.isdigit()):
+            uid = int(user)
+            gid = int(group) if group is not None else uid
+            return Identity(uid, gid, source, spec)
+        if not svc.image:
+            raise HyHomeError(f"service {svc.name}: user {spec!r} is a name but the service has no image to "
+                              "resolve it in; use a numeric uid or an override")
+        try:
+            passwd, groups = self._images().accounts(svc.image)
+        except ImageMissing:
+            self._image_missing(svc, f"its user {spec!r} cannot be resolved")
+            return None
+        if user.isdigit():
+            uid = int(user)
+        elif user in passwd:
+            uid = passwd[user][0]
+        else:
+            raise HyHomeError(f"service {svc.name}: user {user!r} is not in /etc/passwd of image {svc.image}")
+        if group is None:
+            gid = next((g for u, g in passwd.values() if u == uid), uid)
+        elif group.isdigit():
+            gid = int(group)
+        elif group in groups:
+            gid = groups[group]
+        else:
+            raise HyHomeError(f"service {svc.name}: group {group!r} is not in /etc/group of image {svc.image}")
+        return Identity(uid, gid, source, f"{spec} in {svc.image}")
+
+    def service(self, svc) -> Identity:
+        """Identity of a service (cached)."""
+        if svc.name in self._cache:
+            return self._cache[svc.name]
+        ident = self._resolve(svc)
+        self._cache[svc.name] = ident
+        return ident
+
+    def _resolve(self, svc) -> Identity:
+        ov = (self.options.get("overrides") or {}).get(svc.name)
+        if ov and ov.get("owner") not in (None, ""):
+            return _override_identity(ov, f"override for service {svc.name}")
+        if svc.user not in (None, ""):
+            ident = self._resolve_spec(svc, str(svc.user), "user")
+            if ident:
+                return ident
+        if svc.image:
+            hit = table_lookup(svc.image, self.table)
+            if hit:
+                uid, gid = _owner_spec(hit[1], f"image_users[{hit[0]}]")
+                return Identity(uid, uid if gid is None else gid, "image-table", f"{hit[0]} -> {hit[1]}")
+            try:
+                cfg = self._images().config_user(svc.image)
+            except ImageMissing:
+                self._image_missing(svc, "its configured user is unknown (root assumed)")
+                cfg = None
+            if cfg:
+                ident = self._resolve_spec(svc, cfg, "image-config")
+                if ident:
+                    return ident
+        return Identity(0, 0, "root", "no user, no table entry, no configured user")
+
+
+def _override_identity(ov: dict, what: str) -> Identity:
+    uid = ov.get("owner")
+    gid = ov.get("group")
+    if isinstance(uid, str) and not uid.isdigit():
+        uid, _ = resolve_owner(uid, None)
+    if isinstance(gid, str) and gid and not gid.isdigit():
+        _, gid = resolve_owner(None, gid)
+    uid = int(uid)
+    gid = uid if gid in (None, "") else int(gid)
+    return Identity(uid, gid, "override", what)
+
+
+def parse_mode(value, what: str = "mode") -> int | None:
+    """Octal string ("0750", "2770") or int to int; None stays None."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int):
+        return value
+    try:
+        mode = int(str(value), 8)
+    except ValueError:
+        raise HyHomeError(f"{what}: {value!r} is not an octal mode such as '0750'") from None
+    if mode > 0o7777:
+        raise HyHomeError(f"{what}: {value!r} is out of range")
+    return mode
+
+
+# --------------------------------------------------------------------------------------------
+# 3. Plan
+
+
+@dataclass
+class Rule:
+    """What the walk enforces: -1 keeps uid/gid; modes per the module docstring."""
+
+    uid: int = -1
+    gid: int = -1
+    top_mode: int | None = None
+    dir_allowed: int = 0o7777
+    dir_required: int = 0
+    file_allowed: int = 0o7777
+    file_required: int = 0
+
+
+@dataclass
+class Item:
+    """One host path with its decided owner and rule."""
+
+    path: str
+    kind: str
+    services: list[str]
+    read_only: bool
+    identity: Identity
+    rule: Rule
+    shared: bool = False
+    example: str | None = None
+    exists: bool = False
+    copy_mode: int = 0o640
+
+
+@dataclass
+class Plan:
+    items: list[Item] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
+    shared: list[dict] = field(default_factory=list)
+    missing_files: list[dict] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    excludes: list[str] = field(default_factory=list)
+
+
+def _within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def _merge_options(options: dict | None) -> dict:
+    opts = dict(DEFAULT_OPTIONS)
+    opts.update({k: v for k, v in (options or {}).items() if v is not None})
+    for key in ("mode", "shared_mode", "config_mode"):
+        opts[key] = parse_mode(opts[key], key)
+    if opts["missing_image"] not in ("warn", "fail"):
+        raise HyHomeError("missing_image must be 'warn' or 'fail'")
+    return opts
+
+
+def plan(project, options: dict | None = None, images=None) -> Plan:
+    """Decide owner, group and modes for every bind-mounted path, refusing unsafe paths first.
+
+    Raises HyHomeError listing every refused path; nothing has been changed at that point.
+    """
+    opts = _merge_options(options)
+    project_dir = os.path.normpath(os.path.abspath(project.working_dir))
+    roots = [os.path.normpath(os.path.abspath(r)) for r in (opts["allowed_roots"] or [project_dir])]
+    excludes = [os.path.normpath(os.path.abspath(e)) for e in
+                (opts["exclude"] if opts["exclude"] is not None else [os.path.join(project_dir, "secrets")])]
+    path_overrides = {}
+    for key, ov in (opts["overrides"] or {}).items():
+        if "/" in key:
+            p = os.path.normpath(key if os.path.isabs(key) else os.path.join(project_dir, key))
+            path_overrides[p] = ov or {}
+    resolver = OwnerResolver(opts, images)
+    out = Plan(excludes=excludes)
+    paths, out.warnings = derive_paths(project)
+    refusals = []
+    for hp in paths:
+        try:
+            refuse_dangerous(hp.path, "bind-mount path")
+            for root in roots:
+                refuse_dangerous(root, "allowed root")
+            inside = [r for r in roots if _within(hp.path, r)]
+            if not inside:
+                raise HyHomeError(f"refusing bind-mount path {hp.path}: it is outside the allowed roots "
+                                  f"({', '.join(roots)}); add its parent to allowed_roots")
+            ensure_within(inside[0], hp.path, "bind-mount path")
+        except HyHomeError as exc:
+            refusals.append(f"{exc.msg} (services: {', '.join(sorted({u.service for u in hp.uses}))})")
+            continue
+        services = sorted({u.service for u in hp.uses})
+        if any(_within(hp.path, e) for e in excludes):
+            out.skipped.append({"path": hp.path, "services": services,
+                                "reason": "excluded (the secrets and tls roles own this tree)"})
+            continue
+        if hp.path in roots:
+            out.skipped.append({"path": hp.path, "services": services,
+                                "reason": "is an allowed root itself; its owner is never changed"})
+            continue
+        item = _plan_item(project, hp, services, opts, resolver, path_overrides, out)
+        if item:
+            out.items.append(item)
+    if refusals:
+        raise HyHomeError("nothing changed; refused: " + "; ".join(refusals))
+    out.warnings.extend(resolver.warnings)
+    return out
+
+
+def _plan_item(project, hp: HostPath, services, opts, resolver, path_overrides, out: Plan) -> Item | None:
+    writable = any(not u.read_only for u in hp.uses)
+    real = os.path.realpath(hp.path)
+    exists = os.path.lexists(real)
+    example = None
+    if hp.kind == "file" and not exists:
+        example = _example_for(hp.path)
+        if not example or not opts["copy_examples"]:
+            out.missing_files.append({"path": hp.path, "services": services,
+                                      "hint": "create it (Docker would create an empty directory in its place)"})
+            return None
+    elif hp.kind == "file" and os.path.isdir(real):
+        example = _example_for(hp.path)
+        with os.scandir(real) as it:
+            empty = next(it, None) is None
+        if not (example and empty and opts["copy_examples"]):
+            out.missing_files.append({"path": hp.path, "services": services,
+                                      "hint": "is a directory where a file is expected (Docker creates one "
+                                              "when the file is missing); remove it and create the file"})
+            return None
+    # Identities of the services that mount this path.
+    ov = path_overrides.get(hp.path)
+    if ov and ov.get("owner") not in (None, ""):
+        idents = {s: _override_identity(ov, f"override for path {hp.path}") for s in services}
+    else:
+        idents = {s: resolver.service(project.services[s]) for s in services}
+    distinct = sorted({(i.uid, i.gid) for i in idents.values()})
+    shared = len({uid for uid, _ in distinct}) > 1
+    first_writer = next((u.service for u in hp.uses if not u.read_only), hp.uses[0].service)
+    ident = idents[first_writer]
+    gid = ident.gid
+    if shared:
+        gids = {g for _, g in distinct}
+        if len(gids) == 1:
+            gid = gids.pop()
+        elif opts["shared_group"] not in (None, ""):
+            gid = _override_identity({"owner": 0, "group": opts["shared_group"]}, "shared_group").gid
+        report = {"path": hp.path, "owner": ident.uid, "group": gid,
+                  "users": {s: f"{i.uid}:{i.gid}" for s, i in sorted(idents.items())}}
+        needs = sorted(s for s, i in idents.items() if i.gid != gid and i.uid != ident.uid)
+        if needs:
+            report["hint"] = (f"add group_add: ['{gid}'] to {', '.join(needs)} so they can use the shared group "
+                              f"{gid}, or set shared_group / an override")
+        out.shared.append(report)
+        ident = Identity(ident.uid, gid, ident.source, ident.detail)
+    top_mode = parse_mode((ov or {}).get("mode"), f"override mode for {hp.path}")
+    rule = _rule(hp.kind, writable, shared, ident, top_mode, opts, real if exists else None)
+    if ov and ov.get("group") not in (None, "") and not (ov.get("owner") not in (None, "")):
+        rule.gid = _override_identity({"owner": 0, "group": ov["group"]}, "override group").gid
+    copy_mode = top_mode if top_mode is not None else opts["config_mode"] | (0o660 if shared and writable else 0)
+    return Item(hp.path, hp.kind, services, not writable, ident, rule, shared, example, exists, copy_mode)
+
+
+def _rule(kind, writable, shared, ident: Identity, top_mode, opts, existing) -> Rule:
+    if kind == "file":
+        if writable:
+            return Rule(ident.uid, ident.gid, top_mode, file_required=0o660 if shared else 0o600)
+        return _readonly_rule(ident, existing, top_mode)
+    if writable:
+        mode = top_mode if top_mode is not None else (opts["shared_mode"] if shared else opts["mode"])
+        need = 0o770 if shared else 0o700
+        return Rule(ident.uid, ident.gid, mode,
+                    dir_allowed=mode | need, dir_required=need | (mode & 0o2000),
+                    file_allowed=(mode | need) & 0o777, file_required=need & 0o666)
+    return _readonly_rule(ident, existing, top_mode)
+
+
+def _readonly_rule(ident: Identity, existing, top_mode) -> Rule:
+    """Read-only mount: the owner is kept; the container user needs read access only.
+
+    It gets it through the owner class when it owns the path, else the group class when the group
+    is already its gid, else the other class when that already grants read; otherwise the group
+    becomes its gid. A missing path is created owned by the container user.
+    """
+    if not existing:
+        return Rule(ident.uid, ident.gid, top_mode, dir_required=0o500, file_required=0o400)
+    st = os.lstat(existing)
+    if st.st_uid == ident.uid:
+        return Rule(-1, -1, top_mode, dir_required=0o500, file_required=0o400)
+    if st.st_gid == ident.gid:
+        return Rule(-1, -1, top_mode, dir_required=0o050, file_required=0o040)
+    need = 0o005 if stat.S_ISDIR(st.st_mode) else 0o004
+    if st.st_mode & need == need:
+        return Rule(-1, -1, top_mode, dir_required=0o005, file_required=0o004)
+    return Rule(-1, ident.gid, top_mode, dir_required=0o050, file_required=0o040)
+
+
+# --------------------------------------------------------------------------------------------
+# 4. Walk and apply
+
+
+@dataclass
+class WalkStats:
+    checked: int = 0
+    fixed: int = 0
+    owner_fixed: int = 0
+    mode_fixed: int = 0
+    skipped_mounts: int = 0
+    skipped_devices: int = 0
+    raced: int = 0
+    samples: list = field(default_factory=list)
+
+
+def _want_mode(mode: int, allowed: int, required: int) -> int:
+    return ((mode & allowed) | required) & 0o7777
+
+
+def _fix_fd(fd, st, rule: Rule, want_mode, check: bool, stats: WalkStats, path: str) -> bool:
+    """Fix owner/mode of an open directory or file; True when something differed."""
+    uid = rule.uid if rule.uid != -1 and st.st_uid != rule.uid else -1
+    gid = rule.gid if rule.gid != -1 and st.st_gid != rule.gid else -1
+    cur = stat.S_IMODE(st.st_mode)
+    mode_diff = want_mode is not None and want_mode != cur
+    if uid == -1 and gid == -1 and not mode_diff:
+        return False
+    if not check:
+        if uid != -1 or gid != -1:
+            os.fchown(fd, uid, gid)
+        if mode_diff or ((uid != -1 or gid != -1) and cur & 0o6000):
+            os.fchmod(fd, want_mode if want_mode is not None else cur)   # chown clears setuid/setgid
+    _count(stats, path, st, uid, gid, want_mode if mode_diff else None)
+    return True
+
+
+def _count(stats: WalkStats, path, st, uid, gid, mode) -> None:
+    stats.fixed += 1
+    if uid != -1 or gid != -1:
+        stats.owner_fixed += 1
+    if mode is not None:
+        stats.mode_fixed += 1
+    if len(stats.samples) < _SAMPLE_LIMIT:
+        stats.samples.append({
+            "path": path,
+            "before": f"{st.st_uid}:{st.st_gid} {stat.S_IMODE(st.st_mode):04o}",
+            "after": f"{st.st_uid if uid == -1 else uid}:{st.st_gid if gid == -1 else gid} "
+                     f"{stat.S_IMODE(st.st_mode) if mode is None else mode:04o}",
+        })
+
+
+def walk_fix(top: str, rule: Rule, recurse: bool = True, check: bool = False,
+             prune: frozenset[str] | set[str] = frozenset()) -> WalkStats:
+    """Make ``top`` (a directory) and, with ``recurse``, its subtree match ``rule``; counts in WalkStats.
+
+    One pass: ``scandir`` on directory file descriptors (entries are ``lstat``-ed relative to their
+    directory, no path strings per file), ``lchown``/``fchown`` only where the owner differs, chmod
+    through an ``O_NOFOLLOW`` descriptor only where the mode differs. Never follows a symlink, never
+    descends into another filesystem (``st_dev``) or into a path in ``prune``, skips device nodes.
+    Subdirectories are opened with ``openat`` relative to their parent and checked to be the entry
+    that was ``lstat``-ed, so a directory swapped for a symlink mid-walk is not followed.
+    """
+    stats = WalkStats()
+    if os.path.islink(top):
+        raise HyHomeError(f"refusing {top}: it is a symlink")
+    try:
+        fd = os.open(top, _DIR_OPEN)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise HyHomeError(f"refusing {top}: it is a symlink") from None
+        if exc.errno == errno.ENOTDIR:
+            raise HyHomeError(f"{top} is not a directory") from None
+        raise HyHomeError(f"cannot open {top}: {exc.strerror}") from None
+    st = os.fstat(fd)
+    stats.checked += 1
+    top_mode = rule.top_mode
+    if top_mode is None:
+        top_mode = _want_mode(st.st_mode, rule.dir_allowed, rule.dir_required)
+    _fix_fd(fd, st, rule, top_mode, check, stats, top)
+    if not recurse:
+        os.close(fd)
+        return stats
+    dev = st.st_dev
+    uid, gid = rule.uid, rule.gid
+    check_uid, check_gid = uid != -1, gid != -1
+    dallow, dreq, fallow, freq = rule.dir_allowed, rule.dir_required, rule.file_allowed, rule.file_required
+    lchown = os.chown
+    s_ifmt, s_ifdir, s_ifreg, s_iflnk = 0o170000, stat.S_IFDIR, stat.S_IFREG, stat.S_IFLNK
+    stack = [(fd, top, _scan(fd, top, stats, dev, uid, gid, check_uid, check_gid, fallow, freq, check, lchown,
+                             s_ifmt, s_ifdir, s_ifreg, s_iflnk))]
+    try:
+        while stack:
+            dfd, dpath, subdirs = stack[-1]
+            if not subdirs:
+                os.close(dfd)
+                stack.pop()
+                continue
+            name, est = subdirs.pop()
+            cpath = dpath + "/" + name
+            if est.st_dev != dev:
+                stats.skipped_mounts += 1
+                continue
+            if cpath in prune:
+                continue
+            try:
+                cfd = os.open(name, _DIR_OPEN, dir_fd=dfd)
+            except OSError:
+                stats.raced += 1
+                continue
+            cst = os.fstat(cfd)
+            if cst.st_ino != est.st_ino or cst.st_dev != est.st_dev:
+                os.close(cfd)
+                stats.raced += 1
+                continue
+            try:
+                _fix_fd(cfd, cst, rule, _want_mode(cst.st_mode, dallow, dreq), check, stats, cpath)
+                children = _scan(cfd, cpath, stats, dev, uid, gid, check_uid, check_gid, fallow, freq, check,
+                                 lchown, s_ifmt, s_ifdir, s_ifreg, s_iflnk)
+            except BaseException:
+                os.close(cfd)
+                raise
+            stack.append((cfd, cpath, children))
+    finally:
+        for dfd, _, _ in stack:
+            os.close(dfd)
+    return stats
+
+
+def _scan(dfd, dpath, stats, dev, uid, gid, check_uid, check_gid, fallow, freq, check, lchown,
+          s_ifmt, s_ifdir, s_ifreg, s_iflnk) -> list:
+    """Fix every non-directory entry of one open directory; return its subdirectories (name, lstat)."""
+    subdirs = []
+    checked = 0
+    with os.scandir(dfd) as it:
+        for entry in it:
+            st = entry.stat(follow_symlinks=False)
+            m = st.st_mode
+            fmt = m & s_ifmt
+            if fmt == s_ifdir:
+                subdirs.append((entry.name, st))
+                continue
+            checked += 1
+            bad_uid = check_uid and st.st_uid != uid
+            bad_gid = check_gid and st.st_gid != gid
+            if fmt == s_ifreg:
+                want = ((m & fallow) | freq) & 0o7777
+                if want == m & 0o7777 and not bad_uid and not bad_gid:
+                    continue
+                _fix_file(dfd, entry.name, st, uid if bad_uid else -1, gid if bad_gid else -1,
+                          want if want != m & 0o7777 else None, check, stats, dpath)
+            elif bad_uid or bad_gid:
+                if fmt != s_iflnk and fmt not in (stat.S_IFIFO, stat.S_IFSOCK):
+                    stats.skipped_devices += 1
+                    continue
+                if not check:
+                    lchown(entry.name, uid if bad_uid else -1, gid if bad_gid else -1, dir_fd=dfd,
+                           follow_symlinks=False)
+                _count(stats, dpath + "/" + entry.name, st, uid if bad_uid else -1, gid if bad_gid else -1, None)
+    stats.checked += checked + len(subdirs)
+    return subdirs
+
+
+def _fix_file(dfd, name, st, uid, gid, mode, check, stats, dpath) -> None:
+    """Owner via lchown (no follow); mode through an O_NOFOLLOW descriptor verified to be the entry."""
+    path = dpath + "/" + name
+    if check:
+        _count(stats, path, st, uid, gid, mode)
+        return
+    if uid != -1 or gid != -1:
+        os.chown(name, uid, gid, dir_fd=dfd, follow_symlinks=False)
+        if st.st_mode & 0o6000 and mode is None:
+            mode = stat.S_IMODE(st.st_mode)     # chown cleared setuid/setgid: put the bits back
+    if mode is not None:
+        try:
+            ffd = os.open(name, _FILE_OPEN, dir_fd=dfd)
+        except OSError:
+            stats.raced += 1
+            return
+        try:
+            fst = os.fstat(ffd)
+            if fst.st_ino != st.st_ino or fst.st_dev != st.st_dev:
+                stats.raced += 1
+                return
+            os.fchmod(ffd, mode)
+        finally:
+            os.close(ffd)
+    _count(stats, path, st, uid, gid, mode)
+
+
+def _describe(st) -> dict:
+    return {"owner": st.st_uid, "group": st.st_gid, "mode": f"{stat.S_IMODE(st.st_mode):04o}"}
+
+
+def _makedirs(path: str, rule: Rule, check: bool) -> list[str]:
+    """Create ``path`` and missing parents (parents root-owned 0755); return what was (or would be) created."""
+    created = []
+    p = path
+    while not os.path.lexists(p):
+        created.append(p)
+        p = os.path.dirname(p)
+    if check:
+        return list(reversed(created))
+    for d in reversed(created):
+        try:
+            os.mkdir(d, 0o755)
+        except FileExistsError:
+            continue
+    mode = rule.top_mode if rule.top_mode is not None else _want_mode(0o755, rule.dir_allowed, rule.dir_required)
+    os.chown(path, rule.uid, rule.gid, follow_symlinks=False)
+    os.chmod(path, mode)
+    return list(reversed(created))
+
+
+def apply(p: Plan, check: bool = False, recurse: bool = False) -> dict:
+    """Create, copy and fix per the plan; returns the module result (``changed``, ``dirs``, ...)."""
+    results = []
+    copied = []
+    changed = False
+    totals = {"checked": 0, "fixed": 0}
+    diff_before, diff_after = [], []
+    prune = frozenset([os.path.realpath(i.path) for i in p.items if i.kind == "dir"]
+                      + [os.path.realpath(e) for e in p.excludes])
+    for item in p.items:
+        real = os.path.realpath(item.path)
+        entry = {"path": item.path, "kind": item.kind, "services": item.services, "read_only": item.read_only,
+                 "owner": item.rule.uid if item.rule.uid != -1 else None,
+                 "group": item.rule.gid if item.rule.gid != -1 else None,
+                 "owner_source": item.identity.source, "owner_detail": item.identity.detail,
+                 "shared": item.shared}
+        if item.kind == "file":
+            entry.update(_apply_file(item, real, check))
+            if entry["state"] == "copied":
+                copied.append({"path": item.path, "from": item.example, "services": item.services})
+        elif not os.path.lexists(real):
+            created = _makedirs(real, item.rule, check)
+            entry.update(state="created", created=created, checked=0, fixed=0)
+            diff_before.append(f"{item.path}: absent")
+            diff_after.append(f"{item.path}: {_rule_text(item.rule, 0o755)}")
+        else:
+            before = os.lstat(real)
+            stats = walk_fix(real, item.rule, recurse=recurse, check=check, prune=prune - {real})
+            entry.update(state="fixed" if stats.fixed else "ok", checked=stats.checked, fixed=stats.fixed,
+                         owner_fixed=stats.owner_fixed, mode_fixed=stats.mode_fixed,
+                         skipped_mounts=stats.skipped_mounts, skipped_devices=stats.skipped_devices,
+                         raced=stats.raced)
+            totals["checked"] += stats.checked
+            totals["fixed"] += stats.fixed
+            if stats.fixed:
+                b = _describe(before)
+                diff_before.append(f"{item.path}: {b['owner']}:{b['group']} {b['mode']}")
+                diff_after.append(f"{item.path}: {_rule_text(item.rule, before.st_mode, before)}"
+                                  + (f" ({stats.fixed} of {stats.checked} entries fixed)" if recurse else ""))
+                entry["samples"] = stats.samples
+        if entry["state"] != "ok":
+            changed = True
+        results.append(entry)
+    return {
+        "changed": changed,
+        "dirs": results,
+        "copied": copied,
+        "shared": p.shared,
+        "skipped": p.skipped,
+        "missing_files": p.missing_files,
+        "warnings": p.warnings,
+        "totals": totals,
+        "diff": {"before": "\n".join(diff_before) + ("\n" if diff_before else ""),
+                 "after": "\n".join(diff_after) + ("\n" if diff_after else "")},
+    }
+
+
+def _rule_text(rule: Rule, cur_mode: int, st=None) -> str:
+    uid = rule.uid if rule.uid != -1 else (st.st_uid if st else 0)
+    gid = rule.gid if rule.gid != -1 else (st.st_gid if st else 0)
+    mode = rule.top_mode if rule.top_mode is not None else _want_mode(cur_mode, rule.dir_allowed, rule.dir_required)
+    return f"{uid}:{gid} {mode:04o}"
+
+
+def _apply_file(item: Item, real: str, check: bool) -> dict:
+    rule = item.rule
+    if not os.path.lexists(real) or os.path.isdir(real):
+        # Copy the example into place; an empty directory Docker left there is removed first. A
+        # read-only file keeps the example's owner (whoever edits it) and is readable by the group.
+        src_st = os.stat(item.example)
+        uid = src_st.st_uid if item.read_only else item.identity.uid
+        gid = item.identity.gid
+        mode = item.copy_mode
+        if not check:
+            with open(item.example, "rb") as fh:
+                data = fh.read()
+            if os.path.isdir(real):
+                os.rmdir(real)      # only succeeds on an empty directory
+            atomic_write(real, data, mode=mode, uid=uid, gid=gid)
+        return {"state": "copied", "from": item.example, "owner": uid, "group": gid, "mode": f"{mode:04o}"}
+    st = os.lstat(real)
+    if stat.S_ISLNK(st.st_mode):
+        return {"state": "ok", "note": "symlink: left as is"}
+    if not stat.S_ISREG(st.st_mode):
+        return {"state": "ok", "note": "not a regular file: left as is"}
+    want = rule.top_mode if rule.top_mode is not None else _want_mode(st.st_mode, rule.file_allowed, rule.file_required)
+    stats = WalkStats()
+    dfd = os.open(os.path.dirname(real), _DIR_OPEN)
+    try:
+        bad_uid = rule.uid != -1 and st.st_uid != rule.uid
+        bad_gid = rule.gid != -1 and st.st_gid != rule.gid
+        mode_diff = want != stat.S_IMODE(st.st_mode)
+        if bad_uid or bad_gid or mode_diff:
+            _fix_file(dfd, os.path.basename(real), st, rule.uid if bad_uid else -1, rule.gid if bad_gid else -1,
+                      want if mode_diff else None, check, stats, os.path.dirname(real))
+    finally:
+        os.close(dfd)
+    return {"state": "fixed" if stats.fixed else "ok", "checked": 1, "fixed": stats.fixed,
+            "before": _describe(st), "samples": stats.samples}

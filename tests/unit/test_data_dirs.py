@@ -1,0 +1,653 @@
+"""Tests for plugins/module_utils/data_dirs.py: derivation, owner resolution, refusals, drift walk."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+
+import pytest
+from ansible_collections.hyhome.bootstrap.plugins.module_utils import data_dirs as dd
+from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_model import Mount, Project, Service
+from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyHomeError
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "..", "fixtures", "data_dirs")
+BUSYBOX = "hyhome/busybox:local"
+
+
+def read(path):
+    with open(path) as fh:
+        return fh.read()
+
+
+def owner_mode(path):
+    st = os.lstat(path)
+    return st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)
+
+
+class FakeImages:
+    """Stands in for DockerImages: records lookups, serves canned Config.User and /etc/passwd."""
+
+    def __init__(self, images=None):
+        self.images = images or {}
+        self.calls = []
+
+    def config_user(self, image):
+        self.calls.append(("config_user", image))
+        if image not in self.images:
+            raise dd.ImageMissing(image)
+        return self.images[image].get("user")
+
+    def accounts(self, image):
+        self.calls.append(("accounts", image))
+        if image not in self.images:
+            raise dd.ImageMissing(image)
+        img = self.images[image]
+        return dd.parse_passwd(img.get("passwd", "")), dd.parse_group(img.get("group", ""))
+
+
+BUSYBOX_FAKE = {BUSYBOX: {"user": None, "passwd": "root:x:0:0::/:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
+                          "group": "root:x:0:\napp:x:1000:\nstaff:x:50:\n"}}
+
+
+def fixture_project(tmp_path):
+    """Copy the fixture stack to tmp and build the Project `docker compose config` gives for it.
+
+    Built by hand (as compose_model.project_from_config would): bind sources are absolute, the
+    local-driver volume keeps its relative device (Compose 2.26 does not resolve it).
+    """
+    root = tmp_path / "stack"
+    shutil.copytree(os.path.join(FIXTURES, "stack"), root)
+    r = str(root)
+
+    def bind(src, target, ro=False):
+        return Mount("bind", target, ro, os.path.join(r, src))
+
+    services = {
+        "db": Service("db", "postgres:16", None, None, mounts=[
+            bind("data/pg", "/var/lib/postgresql/data"),
+            bind("conf/pg.conf", "/etc/postgresql/pg.conf", ro=True)]),
+        "grafana": Service("grafana", "docker.io/grafana/grafana:11.0.0", None, None, mounts=[
+            Mount("bind", "/var/lib/grafana", False, os.path.join(r, "data/grafana"), create_host_path=False)]),
+        "app": Service("app", BUSYBOX, None, "app", mounts=[
+            bind("data/shared", "/shared"), bind("gateway", "/etc/gateway", ro=True)]),
+        "worker": Service("worker", BUSYBOX, None, "2000:2000", mounts=[
+            bind("data/shared", "/shared"),
+            Mount("volume", "/usr/share/search/data", False, None, volume="search")]),
+        "cache": Service("cache", "redis:7-alpine", None, None, mounts=[
+            Mount("volume", "/data", False, None, volume="cache-vol")]),
+    }
+    volumes = {"search": {"name": "ddfixture_search", "driver": "local",
+                          "driver_opts": {"type": "none", "o": "bind", "device": "./volumes/search"}},
+               "cache-vol": {"name": "ddfixture_cache-vol"}}
+    return Project("ddfixture", r, [os.path.join(r, "docker-compose.yml")], services=services, volumes=volumes), r
+
+
+# ---------------------------------------------------------------------------------------------
+# Derivation
+
+
+def test_derive_every_mount_syntax(tmp_path):
+    project, r = fixture_project(tmp_path)
+    paths, warnings = dd.derive_paths(project)
+    got = {os.path.relpath(p.path, r): (p.kind, [(u.service, u.read_only, u.via) for u in p.uses]) for p in paths}
+    assert got == {
+        "conf/pg.conf": ("file", [("db", True, "bind")]),
+        "data/grafana": ("dir", [("grafana", False, "bind")]),
+        "data/pg": ("dir", [("db", False, "bind")]),
+        "data/shared": ("dir", [("app", False, "bind"), ("worker", False, "bind")]),
+        "gateway": ("dir", [("app", True, "bind")]),
+        "volumes/search": ("dir", [("worker", False, "volume:search")]),
+    }
+    # The plain named volume is not a host path; the relative volume device is resolved and reported.
+    assert len(warnings) == 1 and "./volumes/search" in warnings[0] and "relative" in warnings[0]
+
+
+def test_derive_uses_host_path_the_loader_set_for_a_bind_volume(tmp_path):
+    device = str(tmp_path / "vol")
+    project = Project("p", str(tmp_path), [], services={
+        "s": Service("s", "img", None, None, mounts=[Mount("volume", "/v", True, device, volume="v"),
+                                                     Mount("tmpfs", "/t", False, None)])},
+        volumes={"v": {"driver": "local", "driver_opts": {"type": "none", "o": "bind", "device": device}}})
+    paths, warnings = dd.derive_paths(project)
+    assert [(p.path, p.uses[0].via, p.uses[0].read_only) for p in paths] == [(device, "volume:v", True)]
+    assert warnings == []
+
+
+@pytest.mark.parametrize("spec", [
+    {"driver": "local", "driver_opts": {"type": "nfs", "o": "addr=1.2.3.4", "device": ":/x"}},
+    {"driver": "rexray", "driver_opts": {"o": "bind", "device": "/x"}},
+    {"external": True},
+    {},
+])
+def test_volumes_that_are_not_local_binds_are_ignored(tmp_path, spec):
+    project = Project("p", str(tmp_path), [], services={
+        "s": Service("s", "img", None, None, mounts=[Mount("volume", "/v", False, None, volume="v")])},
+        volumes={"v": spec})
+    assert dd.derive_paths(project) == ([], [])
+
+
+def test_rbind_with_extra_options_counts_as_bind(tmp_path):
+    project = Project("p", str(tmp_path), [], services={
+        "s": Service("s", "img", None, None, mounts=[Mount("volume", "/v", False, None, volume="v")])},
+        volumes={"v": {"driver_opts": {"type": "none", "o": "rbind,ro", "device": str(tmp_path / "d")}}})
+    assert [p.path for p in dd.derive_paths(project)[0]] == [str(tmp_path / "d")]
+
+
+def test_file_kind_detection(tmp_path):
+    (tmp_path / "real.cfg").write_text("x")
+    (tmp_path / "docker-made.yml").mkdir()          # empty dir Docker left in place of a file
+    (tmp_path / "dir.yml").mkdir()
+    (tmp_path / "dir.yml" / "a").write_text("x")    # a real directory with a file-like name
+    (tmp_path / "plain").mkdir()
+    mounts = [Mount("bind", f"/m{i}", True, str(tmp_path / n))
+              for i, n in enumerate(["real.cfg", "docker-made.yml", "dir.yml", "plain", "missing.conf", "missing"])]
+    project = Project("p", str(tmp_path), [], services={"s": Service("s", "img", None, None, mounts=mounts)})
+    kinds = {os.path.basename(p.path): p.kind for p in dd.derive_paths(project)[0]}
+    assert kinds == {"real.cfg": "file", "docker-made.yml": "file", "dir.yml": "dir", "plain": "dir",
+                     "missing.conf": "file", "missing": "dir"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Image references and the built-in table
+
+
+@pytest.mark.parametrize("image,repo", [
+    ("postgres", "postgres"),
+    ("postgres:16-alpine", "postgres"),
+    ("library/postgres:16", "postgres"),
+    ("docker.io/library/postgres@sha256:" + "a" * 64, "postgres"),
+    ("registry.local:5000/grafana/loki:3.0", "grafana/loki"),
+    ("localhost/app:1", "app"),
+    ("quay.io/keycloak/keycloak:25.0", "keycloak/keycloak"),
+])
+def test_image_repository(image, repo):
+    assert dd.image_repository(image) == repo
+
+
+@pytest.mark.parametrize("image,expected", [
+    ("postgres:16", "999:999"),
+    ("docker.io/library/postgres:16", "999:999"),
+    ("mirror.example:5000/dockerhub/library/postgres:16", "999:999"),
+    ("grafana/grafana:11.0.0", "472:0"),
+    ("docker.io/grafana/grafana", "472:0"),
+    ("grafana/loki:3.0.0", "10001:10001"),
+    ("grafana/tempo", "10001:10001"),
+    ("prom/prometheus:v2.53.0", "65534:65534"),
+    ("prom/alertmanager", "65534:65534"),
+    ("opensearchproject/opensearch:2", "1000:1000"),
+    ("quay.io/keycloak/keycloak:25.0", "1000:0"),
+    ("redis:7-alpine", "999:999"),
+    ("valkey/valkey:8", "999:999"),
+    ("bitnami/postgresql:16", None),     # bitnami runs as 1001: its Config.User says so, not the table
+    ("someone/postgres", None),          # a single name matches only the official image
+    ("hyhome/busybox:local", None),
+])
+def test_table_lookup(image, expected):
+    hit = dd.table_lookup(image, dd.DEFAULT_IMAGE_USERS)
+    assert (hit[1] if hit else None) == expected
+
+
+def test_parse_passwd_and_group_ignore_bad_lines():
+    assert dd.parse_passwd("root:x:0:0::/:/bin/sh\n# comment\nbad:x:y:0\napp:x:1000:100::/:\n\n") == {
+        "root": (0, 0), "app": (1000, 100)}
+    assert dd.parse_group("root:x:0:\nwheel:x:10:app\nbroken\n") == {"root": 0, "wheel": 10}
+
+
+# ---------------------------------------------------------------------------------------------
+# Owner resolution order
+
+
+def svc(name="s", image=BUSYBOX, user=None):
+    return Service(name, image, None, user)
+
+
+def resolver(images=None, **options):
+    fake = FakeImages(images if images is not None else BUSYBOX_FAKE)
+    return dd.OwnerResolver({**dd.DEFAULT_OPTIONS, **options}, fake)
+
+
+def test_order_service_override_beats_user_table_and_image():
+    r = resolver(overrides={"s": {"owner": 4242, "group": 4343}})
+    ident = r.service(svc(image="postgres:16", user="1000"))
+    assert (ident.uid, ident.gid, ident.source) == (4242, 4343, "override")
+    assert r.images.calls == []
+
+
+def test_order_numeric_user_beats_table_without_any_lookup():
+    r = resolver()
+    assert (r.service(svc(image="postgres:16", user="1234")).uid, r.images.calls) == (1234, [])
+    ident = r.service(svc("t", image="postgres:16", user="1234:55"))
+    assert (ident.uid, ident.gid, ident.source) == (1234, 55, "user")
+
+
+def test_order_named_user_resolved_in_the_image_passwd():
+    r = resolver()
+    ident = r.service(svc(user="app"))
+    assert (ident.uid, ident.gid, ident.source) == (1000, 1000, "user")
+    ident = r.service(svc("t", user="app:staff"))
+    assert (ident.uid, ident.gid) == (1000, 50)
+    ident = r.service(svc("u", user="1000"))    # numeric, no group: gid = uid
+    assert (ident.uid, ident.gid) == (1000, 1000)
+
+
+def test_order_table_beats_image_config_user():
+    images = {"grafana/grafana:11": {"user": "root"}}
+    r = resolver(images)
+    ident = r.service(svc(image="grafana/grafana:11"))
+    assert (ident.uid, ident.gid, ident.source) == (472, 0, "image-table")
+    assert r.images.calls == []          # the table needs no image: it works before the pull
+
+
+def test_table_is_overridable_from_inventory():
+    r = resolver(image_users={"postgres": "70:70", "hyhome/busybox": "3000"})
+    assert (r.service(svc("a", image="postgres:16")).uid, r.service(svc("b")).uid) == (70, 3000)
+    assert r.service(svc("b")).gid == 3000
+
+
+def test_order_image_config_user_then_root():
+    images = {"img:named": {"user": "app", "passwd": "app:x:1500:1600::/:\n"},
+              "img:numeric": {"user": "1001:0"}, "img:none": {"user": None}}
+    r = resolver(images)
+    a, b, c = (r.service(svc(n, image=f"img:{n}")) for n in ("named", "numeric", "none"))
+    assert (a.uid, a.gid, a.source) == (1500, 1600, "image-config")
+    assert (b.uid, b.gid, b.source) == (1001, 0, "image-config")
+    assert (c.uid, c.gid, c.source) == (0, 0, "root")
+    assert r.service(svc("nothing", image=None)).source == "root"
+
+
+def test_unknown_user_or_group_name_is_an_error():
+    r = resolver()
+    with pytest.raises(HyHomeError, match="'ghost' is not in /etc/passwd of image"):
+        r.service(svc(user="ghost"))
+    with pytest.raises(HyHomeError, match="group 'nogroup' is not in /etc/group"):
+        r.service(svc("t", user="app:nogroup"))
+    with pytest.raises(HyHomeError, match="has no image"):
+        r.service(svc("u", image=None, user="app"))
+
+
+def test_missing_image_warns_and_falls_through_or_fails():
+    r = resolver({})
+    ident = r.service(svc(image="notpulled:1", user="app"))
+    assert ident.source == "root" and any("notpulled:1 is not on this engine" in w for w in r.warnings)
+    with pytest.raises(HyHomeError, match="notpulled:1 is not on this engine"):
+        resolver({}, missing_image="fail").service(svc(image="notpulled:1", user="app"))
+
+
+def test_bad_table_and_mode_values_are_errors():
+    with pytest.raises(HyHomeError, match="must be numeric"):
+        resolver(image_users={"hyhome/busybox": "app"}).service(svc())
+    with pytest.raises(HyHomeError, match="not an octal mode"):
+        dd.parse_mode("rwx")
+    with pytest.raises(HyHomeError, match="out of range"):
+        dd.parse_mode("17777")
+    with pytest.raises(HyHomeError, match="missing_image"):
+        dd.plan(Project("p", "/tmp/x", []), {"missing_image": "maybe"})
+
+
+# ---------------------------------------------------------------------------------------------
+# Image passwd lookup through Docker (no container is ever started)
+
+
+def probe_containers():
+    out = subprocess.run(["docker", "ps", "-aq", "--filter", "label=org.hyhome.probe=data_dirs"],
+                         capture_output=True, text=True, check=True).stdout
+    return out.split()
+
+
+@pytest.mark.docker
+def test_image_passwd_lookup_with_the_sdk_is_cached_and_leaves_nothing():
+    images = dd.DockerImages()
+    passwd, _ = images.accounts(BUSYBOX)
+    assert passwd["app"] == (1000, 1000) and passwd["nobody"] == (65534, 65534)
+    r = dd.OwnerResolver(dict(dd.DEFAULT_OPTIONS), images)
+    assert (r.service(svc("a", user="app")).uid, r.service(svc("b", user="nobody")).uid) == (1000, 65534)
+    assert images.lookups == 1           # one probe container per image per call
+    assert images.config_user(BUSYBOX) is None
+    assert probe_containers() == []
+
+
+@pytest.mark.docker
+def test_image_passwd_lookup_with_the_cli_fallback():
+    images = dd.DockerImages()
+    images._client = False               # what happens on a host without the docker SDK
+    assert images.accounts(BUSYBOX)[0]["app"] == (1000, 1000)
+    assert images.config_user(BUSYBOX) is None
+    with pytest.raises(dd.ImageMissing):
+        images.config_user("hyhome/does-not-exist:never")
+    assert probe_containers() == []
+
+
+@pytest.mark.docker
+def test_missing_image_with_the_sdk():
+    with pytest.raises(dd.ImageMissing):
+        dd.DockerImages().accounts("hyhome/does-not-exist:never")
+
+
+# ---------------------------------------------------------------------------------------------
+# Plan and apply on the fixture project
+
+
+def test_plan_and_apply_fixture_then_rerun_changes_nothing(tmp_path):
+    project, r = fixture_project(tmp_path)
+    os.chmod(os.path.join(r, "gateway"), 0o700)     # the read-only mount is unreadable for app (1000)
+    p = dd.plan(project, {}, FakeImages(BUSYBOX_FAKE))
+    res = dd.apply(p)
+    assert res["changed"]
+    assert owner_mode(os.path.join(r, "data/pg")) == (999, 999, 0o750)
+    assert owner_mode(os.path.join(r, "data/grafana")) == (472, 0, 0o750)
+    assert owner_mode(os.path.join(r, "volumes/search")) == (2000, 2000, 0o750)
+    # Shared by app (1000:1000) and worker (2000:2000): owner app, group app's, setgid, reported.
+    assert owner_mode(os.path.join(r, "data/shared")) == (1000, 1000, 0o2770)
+    assert res["shared"][0]["users"] == {"app": "1000:1000", "worker": "2000:2000"}
+    assert "group_add: ['1000'] to worker" in res["shared"][0]["hint"]
+    # Read-only directory: owner kept (root), group becomes app's, group can read.
+    assert owner_mode(os.path.join(r, "gateway")) == (0, 1000, 0o750)
+    # Config file copied from the example, readable by postgres.
+    conf = os.path.join(r, "conf/pg.conf")
+    assert read(conf) == "listen_addresses = *\n"
+    assert owner_mode(conf) == (0, 999, 0o640)
+    assert res["copied"] == [{"path": conf, "from": conf + ".example", "services": ["db"]}]
+    assert dd.apply(dd.plan(project, {}, FakeImages(BUSYBOX_FAKE)))["changed"] is False
+
+
+def test_example_never_overwrites_an_existing_file(tmp_path):
+    project, r = fixture_project(tmp_path)
+    conf = os.path.join(r, "conf/pg.conf")
+    with open(conf, "w") as fh:
+        fh.write("mine\n")
+    os.chmod(conf, 0o644)
+    res = dd.apply(dd.plan(project, {}, FakeImages(BUSYBOX_FAKE)))
+    assert read(conf) == "mine\n" and res["copied"] == []
+    assert owner_mode(conf) == (0, 0, 0o644)            # already readable by everyone: untouched
+
+
+def test_example_replaces_the_empty_directory_docker_left(tmp_path):
+    project, r = fixture_project(tmp_path)
+    conf = os.path.join(r, "conf/pg.conf")
+    os.mkdir(conf)
+    res = dd.apply(dd.plan(project, {}, FakeImages(BUSYBOX_FAKE)))
+    assert os.path.isfile(conf) and res["copied"][0]["path"] == conf
+
+
+def test_missing_config_without_example_is_reported_not_created(tmp_path):
+    project, r = fixture_project(tmp_path)
+    os.unlink(os.path.join(r, "conf/pg.conf.example"))
+    res = dd.apply(dd.plan(project, {}, FakeImages(BUSYBOX_FAKE)))
+    assert [m["path"] for m in res["missing_files"]] == [os.path.join(r, "conf/pg.conf")]
+    assert not os.path.lexists(os.path.join(r, "conf/pg.conf"))
+
+
+def test_check_mode_changes_nothing_and_reports(tmp_path):
+    project, r = fixture_project(tmp_path)
+    before = sorted(os.path.relpath(os.path.join(d, n), r) for d, ds, fs in os.walk(r) for n in ds + fs)
+    res = dd.apply(dd.plan(project, {}, FakeImages(BUSYBOX_FAKE)), check=True, recurse=True)
+    after = sorted(os.path.relpath(os.path.join(d, n), r) for d, ds, fs in os.walk(r) for n in ds + fs)
+    assert before == after
+    assert res["changed"]
+    states = {os.path.relpath(d["path"], r): d["state"] for d in res["dirs"]}
+    assert states["data/pg"] == "created" and states["conf/pg.conf"] == "copied"
+    created = next(d for d in res["dirs"] if d["path"].endswith("data/pg"))["created"]
+    assert created == [os.path.join(r, "data"), os.path.join(r, "data/pg")]
+    assert "absent" in res["diff"]["before"] and "999:999 0750" in res["diff"]["after"]
+
+
+def test_path_override_beats_service_override(tmp_path):
+    project, r = fixture_project(tmp_path)
+    opts = {"overrides": {"db": {"owner": 70, "group": 70}, "data/pg": {"owner": 71, "mode": "0700"}}}
+    dd.apply(dd.plan(project, opts, FakeImages(BUSYBOX_FAKE)))
+    assert owner_mode(os.path.join(r, "data/pg")) == (71, 71, 0o700)
+    assert owner_mode(os.path.join(r, "conf/pg.conf"))[1] == 70
+
+
+def test_shared_group_option(tmp_path):
+    project, r = fixture_project(tmp_path)
+    res = dd.apply(dd.plan(project, {"shared_group": 3000}, FakeImages(BUSYBOX_FAKE)))
+    assert owner_mode(os.path.join(r, "data/shared")) == (1000, 3000, 0o2770)
+    assert "group_add: ['3000'] to worker so" in res["shared"][0]["hint"]   # app owns it: no group needed
+
+
+def test_secrets_tree_and_project_root_are_skipped(tmp_path):
+    d = str(tmp_path)
+    project = Project("p", d, [], services={"s": Service("s", "img", None, "1000", mounts=[
+        Mount("bind", "/certs", True, os.path.join(d, "secrets/certs")), Mount("bind", "/app", True, d)])})
+    p = dd.plan(project, {}, FakeImages({}))
+    assert p.items == [] and sorted(s["reason"].split()[0] for s in p.skipped) == ["excluded", "is"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Refusals: nothing changed, every refused path named
+
+
+def one_mount_project(root, host_path, extra=None):
+    mounts = [Mount("bind", "/x", False, host_path)] + [Mount("bind", "/ok", False, p) for p in (extra or [])]
+    return Project("p", root, [], services={"s": Service("s", "img", None, "1000", mounts=mounts)})
+
+
+@pytest.mark.parametrize("path,message", [
+    ("/", "system directory"),
+    ("/etc", "system directory"),
+    ("/etc/myapp", "system tree /etc"),
+    ("/usr/local/data", "system tree /usr"),
+    ("/var/lib/docker/volumes/x", "system tree /var/lib/docker"),
+    ("/var/run/docker.sock", "system tree (/var)?/run/docker.sock"),
+    ("/proc/1", "system tree /proc"),
+])
+def test_refuses_system_paths_and_changes_nothing(tmp_path, path, message):
+    ok = str(tmp_path / "ok")
+    project = one_mount_project(str(tmp_path), path, [ok])
+    with pytest.raises(HyHomeError, match=message) as exc:
+        dd.plan(project, {"allowed_roots": [str(tmp_path), "/"]}, FakeImages({}))
+    assert "nothing changed" in exc.value.msg and not os.path.exists(ok)
+
+
+def test_refuses_a_system_directory_as_allowed_root(tmp_path):
+    with pytest.raises(HyHomeError, match="allowed root"):
+        dd.plan(one_mount_project(str(tmp_path), "/srv/x"), {"allowed_roots": ["/srv"]}, FakeImages({}))
+
+
+def test_refuses_paths_outside_the_allowed_root(tmp_path):
+    root = tmp_path / "proj"
+    root.mkdir()
+    escaped = os.path.normpath(str(root / ".." / "elsewhere"))   # ../ already resolved by compose
+    with pytest.raises(HyHomeError, match="outside the allowed roots"):
+        dd.plan(one_mount_project(str(root), escaped), {}, FakeImages({}))
+    assert not os.path.exists(escaped)
+    # Allowed once its parent is an allowed root.
+    p = dd.plan(one_mount_project(str(root), escaped), {"allowed_roots": [str(root), str(tmp_path)]}, FakeImages({}))
+    assert [i.path for i in p.items] == [escaped]
+
+
+def test_refuses_a_symlinked_component_pointing_outside(tmp_path):
+    root, outside = tmp_path / "proj", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    os.symlink(outside, root / "data")
+    with pytest.raises(HyHomeError, match="symlink makes it resolve to"):
+        dd.plan(one_mount_project(str(root), str(root / "data" / "pg")), {}, FakeImages({}))
+    assert os.listdir(outside) == []
+
+
+def test_symlinked_component_inside_the_root_is_followed_to_its_target(tmp_path):
+    root = tmp_path / "proj"
+    (root / "real").mkdir(parents=True)
+    os.symlink("real", root / "data")
+    dd.apply(dd.plan(one_mount_project(str(root), str(root / "data" / "pg")), {}, FakeImages({})))
+    assert owner_mode(root / "real" / "pg") == (1000, 1000, 0o750)
+    assert os.path.islink(root / "data")
+
+
+def test_all_refusals_are_listed_together(tmp_path):
+    project = one_mount_project(str(tmp_path), "/etc/a", ["/var/lib/docker/b"])
+    with pytest.raises(HyHomeError) as exc:
+        dd.plan(project, {}, FakeImages({}))
+    assert "/etc/a" in exc.value.msg and "/var/lib/docker/b" in exc.value.msg
+
+
+# ---------------------------------------------------------------------------------------------
+# Drift walk
+
+
+def make_tree(root, dirs=5, files=20):
+    os.makedirs(root, exist_ok=True)
+    for d in range(dirs):
+        sub = os.path.join(root, f"d{d}", "inner")
+        os.makedirs(sub)
+        for f in range(files):
+            with open(os.path.join(sub if f % 2 else os.path.dirname(sub), f"f{f}"), "w") as fh:
+                fh.write("x")
+    return root
+
+
+def writable_rule(uid=1000, gid=1000, mode=0o750):
+    ident = dd.Identity(uid, gid, "test")
+    return dd._rule("dir", True, False, ident, None, {**dd.DEFAULT_OPTIONS}, None) if mode == 0o750 else \
+        dd._rule("dir", True, False, ident, mode, {**dd.DEFAULT_OPTIONS}, None)
+
+
+def test_walk_fixes_only_what_differs_and_counts(tmp_path):
+    root = make_tree(str(tmp_path / "t"))
+    rule = writable_rule()
+    for dirpath, _dirnames, filenames in os.walk(root):          # start from a correct tree
+        for n in [dirpath] + [os.path.join(dirpath, f) for f in filenames]:
+            os.chown(n, 1000, 1000)
+            os.chmod(n, 0o750 if os.path.isdir(n) else 0o640)
+    total = 1 + 5 * 2 + 5 * 20
+    assert dd.walk_fix(root, rule).checked == total
+    assert dd.walk_fix(root, rule).fixed == 0
+    os.chown(os.path.join(root, "d1/f0"), 0, 0)
+    os.chown(os.path.join(root, "d3/inner/f1"), 1000, 5)
+    os.chmod(os.path.join(root, "d4/inner"), 0o777)  # noqa: S103 - drift to fix
+    os.chmod(os.path.join(root, "d2/f2"), 0o666)  # noqa: S103 - drift to fix
+    st_before = os.stat(os.path.join(root, "d2/f2")).st_mtime_ns
+    check = dd.walk_fix(root, rule, check=True)
+    assert (check.checked, check.fixed, check.owner_fixed, check.mode_fixed) == (total, 4, 2, 2)
+    assert owner_mode(os.path.join(root, "d1/f0"))[:2] == (0, 0)          # check mode changed nothing
+    fix = dd.walk_fix(root, rule)
+    assert (fix.checked, fix.fixed) == (total, 4)
+    assert owner_mode(os.path.join(root, "d1/f0")) == (1000, 1000, 0o640)
+    assert owner_mode(os.path.join(root, "d4/inner")) == (1000, 1000, 0o750)
+    assert owner_mode(os.path.join(root, "d2/f2")) == (1000, 1000, 0o640)
+    assert os.stat(os.path.join(root, "d2/f2")).st_mtime_ns == st_before
+    assert dd.walk_fix(root, rule).fixed == 0
+    assert {s["path"] for s in fix.samples} == {os.path.join(root, p) for p in
+                                                 ("d1/f0", "d3/inner/f1", "d4/inner", "d2/f2")}
+
+
+def test_walk_without_recurse_touches_only_the_directory(tmp_path):
+    root = make_tree(str(tmp_path / "t"), dirs=1, files=2)
+    stats = dd.walk_fix(root, writable_rule(), recurse=False)
+    assert (stats.checked, stats.fixed) == (1, 1)
+    assert owner_mode(root) == (1000, 1000, 0o750)
+    assert owner_mode(os.path.join(root, "d0/f0"))[0] == 0
+
+
+def test_writable_mode_rule_keeps_private_files_private(tmp_path):
+    root = str(tmp_path / "t")
+    os.mkdir(root)
+    for name, mode in (("public", 0o644), ("private", 0o600), ("script", 0o755), ("ro", 0o400), ("world", 0o666)):
+        p = os.path.join(root, name)
+        open(p, "w").close()
+        os.chmod(p, mode)
+    os.mkdir(os.path.join(root, "sub"), 0o700)
+    dd.walk_fix(root, writable_rule())
+    modes = {n: owner_mode(os.path.join(root, n))[2] for n in os.listdir(root)}
+    assert modes == {"public": 0o640, "private": 0o600, "script": 0o750, "ro": 0o600, "world": 0o640, "sub": 0o700}
+
+
+def test_shared_rule_gives_the_group_write_and_setgid(tmp_path):
+    root = make_tree(str(tmp_path / "t"), dirs=1, files=2)
+    rule = dd._rule("dir", True, True, dd.Identity(1000, 3000, "t"), None, dict(dd.DEFAULT_OPTIONS), None)
+    dd.walk_fix(root, rule)
+    assert owner_mode(root) == (1000, 3000, 0o2770)
+    assert owner_mode(os.path.join(root, "d0/inner")) == (1000, 3000, 0o2770)
+    assert owner_mode(os.path.join(root, "d0/f0")) == (1000, 3000, 0o660)
+
+
+def test_symlinks_are_never_followed(tmp_path):
+    root = make_tree(str(tmp_path / "t"), dirs=1, files=2)
+    outside = tmp_path / "outside"
+    (outside / "deep").mkdir(parents=True)
+    (outside / "secret").write_text("s")
+    os.chmod(outside / "secret", 0o600)
+    os.symlink(outside / "secret", os.path.join(root, "link-to-file"))
+    os.symlink(outside, os.path.join(root, "link-to-dir"))
+    os.symlink("/nonexistent", os.path.join(root, "dangling"))
+    stats = dd.walk_fix(root, writable_rule())
+    assert owner_mode(outside / "secret") == (0, 0, 0o600)
+    assert owner_mode(outside / "deep")[:2] == (0, 0) and owner_mode(outside)[:2] == (0, 0)
+    for link in ("link-to-file", "link-to-dir", "dangling"):                 # the links themselves: lchown
+        assert os.lstat(os.path.join(root, link)).st_uid == 1000
+    assert stats.raced == 0
+    with pytest.raises(HyHomeError, match="is a symlink"):
+        dd.walk_fix(os.path.join(root, "link-to-dir"), writable_rule())
+    assert owner_mode(outside)[:2] == (0, 0)
+
+
+def test_walk_does_not_cross_into_another_filesystem(tmp_path):
+    root = make_tree(str(tmp_path / "t"), dirs=1, files=2)
+    mnt = os.path.join(root, "mnt")
+    os.mkdir(mnt)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", mnt], check=True)
+    try:
+        open(os.path.join(mnt, "other-fs"), "w").close()
+        stats = dd.walk_fix(root, writable_rule())
+        assert stats.skipped_mounts == 1
+        assert owner_mode(os.path.join(mnt, "other-fs"))[0] == 0
+        assert owner_mode(mnt)[0] == 0
+    finally:
+        subprocess.run(["umount", mnt], check=True)
+
+
+def test_nested_managed_directories_are_pruned_so_reruns_are_stable(tmp_path):
+    root = tmp_path / "proj"
+    root.mkdir()
+    data, pg = str(root / "data"), str(root / "data" / "pg")
+    project = Project("p", str(root), [], services={
+        "a": Service("a", "img", None, "1000", mounts=[Mount("bind", "/d", False, data)]),
+        "b": Service("b", "img", None, "999", mounts=[Mount("bind", "/p", False, pg)])})
+    dd.apply(dd.plan(project, {}, FakeImages({})), recurse=True)
+    open(os.path.join(pg, "PG_VERSION"), "w").close()
+    os.chown(os.path.join(pg, "PG_VERSION"), 999, 999)
+    os.chmod(os.path.join(pg, "PG_VERSION"), 0o600)
+    res = dd.apply(dd.plan(project, {}, FakeImages({})), recurse=True)
+    assert res["changed"] is False and res["totals"]["fixed"] == 0
+    assert owner_mode(os.path.join(pg, "PG_VERSION"))[:2] == (999, 999)
+
+
+def test_setuid_bit_survives_an_owner_fix(tmp_path):
+    root = str(tmp_path / "t")
+    os.mkdir(root)
+    p = os.path.join(root, "tool")
+    open(p, "w").close()
+    os.chmod(p, 0o4750)  # noqa: S103 - the bit must survive
+    rule = dd.Rule(1000, 1000, 0o750, file_allowed=0o7777)
+    dd.walk_fix(root, rule)
+    assert owner_mode(p) == (1000, 1000, 0o4750)
+
+
+def test_device_nodes_are_left_alone(tmp_path):
+    root = str(tmp_path / "t")
+    os.mkdir(root)
+    os.mknod(os.path.join(root, "null"), 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    os.mkfifo(os.path.join(root, "fifo"))
+    stats = dd.walk_fix(root, writable_rule())
+    assert stats.skipped_devices == 1
+    assert os.lstat(os.path.join(root, "null")).st_uid == 0
+    assert os.lstat(os.path.join(root, "fifo")).st_uid == 1000
+
+
+def test_apply_recurse_reports_subtree_counts_in_check_mode(tmp_path):
+    root = tmp_path / "proj"
+    data = make_tree(str(root / "data"), dirs=2, files=3)
+    project = Project("p", str(root), [], services={
+        "a": Service("a", "img", None, "1000", mounts=[Mount("bind", "/d", False, data)])})
+    res = dd.apply(dd.plan(project, {}, FakeImages({})), check=True, recurse=True)
+    entry = res["dirs"][0]
+    assert (entry["state"], entry["checked"], entry["fixed"]) == ("fixed", 11, 11)
+    assert "(11 of 11 entries fixed)" in res["diff"]["after"]
+    assert owner_mode(data)[0] == 0
+    res = dd.apply(dd.plan(project, {}, FakeImages({})), recurse=True)
+    assert res["totals"] == {"checked": 11, "fixed": 11}
+    assert dd.apply(dd.plan(project, {}, FakeImages({})), recurse=True)["totals"] == {"checked": 11, "fixed": 0}
