@@ -517,7 +517,8 @@ class Rule:
 
     uid: int = -1
     gid: int = -1
-    top_mode: int | None = None
+    top_mode: int | None = None     # exact mode of the path itself (a path override); else the mask rule
+    create_mode: int = 0o750
     dir_allowed: int = 0o7777
     dir_required: int = 0
     file_allowed: int = 0o7777
@@ -673,12 +674,16 @@ def _rule(kind, writable, shared, ident: Identity, top_mode, opts, existing) -> 
             return Rule(ident.uid, ident.gid, top_mode, file_required=0o660 if shared else 0o600)
         return _readonly_rule(ident, existing, top_mode)
     if writable:
+        # Created with the mode; an existing directory is never looser than it and keeps what its
+        # application tightened (PostgreSQL's 0700 data directory stays 0700).
         mode = top_mode if top_mode is not None else (opts["shared_mode"] if shared else opts["mode"])
         need = 0o770 if shared else 0o700
-        return Rule(ident.uid, ident.gid, mode,
+        return Rule(ident.uid, ident.gid, top_mode, mode,
                     dir_allowed=mode | need, dir_required=need | (mode & 0o2000),
                     file_allowed=(mode | need) & 0o777, file_required=need & 0o666)
-    return _readonly_rule(ident, existing, top_mode)
+    rule = _readonly_rule(ident, existing, top_mode)
+    rule.create_mode = top_mode if top_mode is not None else opts["mode"]
+    return rule
 
 
 def _readonly_rule(ident: Identity, existing, top_mode) -> Rule:
@@ -909,9 +914,8 @@ def _makedirs(path: str, rule: Rule, check: bool) -> list[str]:
             os.mkdir(d, 0o755)
         except FileExistsError:
             continue
-    mode = rule.top_mode if rule.top_mode is not None else _want_mode(0o755, rule.dir_allowed, rule.dir_required)
     os.chown(path, rule.uid, rule.gid, follow_symlinks=False)
-    os.chmod(path, mode)
+    os.chmod(path, rule.create_mode)
     return list(reversed(created))
 
 
@@ -939,7 +943,7 @@ def apply(p: Plan, check: bool = False, recurse: bool = False) -> dict:
             created = _makedirs(real, item.rule, check)
             entry.update(state="created", created=created, checked=0, fixed=0)
             diff_before.append(f"{item.path}: absent")
-            diff_after.append(f"{item.path}: {_rule_text(item.rule, 0o755)}")
+            diff_after.append(f"{item.path}: {item.rule.uid}:{item.rule.gid} {item.rule.create_mode:04o}")
         else:
             before = os.lstat(real)
             stats = walk_fix(real, item.rule, recurse=recurse, check=check, prune=prune - {real})
@@ -960,12 +964,12 @@ def apply(p: Plan, check: bool = False, recurse: bool = False) -> dict:
         results.append(entry)
     return {
         "changed": changed,
-        "dirs": results,
+        "paths": results,
         "copied": copied,
         "shared": p.shared,
-        "skipped": p.skipped,
+        "skipped_paths": p.skipped,
         "missing_files": p.missing_files,
-        "warnings": p.warnings,
+        "notes": p.warnings,
         "totals": totals,
         "diff": {"before": "\n".join(diff_before) + ("\n" if diff_before else ""),
                  "after": "\n".join(diff_after) + ("\n" if diff_after else "")},

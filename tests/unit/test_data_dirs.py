@@ -386,9 +386,9 @@ def test_check_mode_changes_nothing_and_reports(tmp_path):
     after = sorted(os.path.relpath(os.path.join(d, n), r) for d, ds, fs in os.walk(r) for n in ds + fs)
     assert before == after
     assert res["changed"]
-    states = {os.path.relpath(d["path"], r): d["state"] for d in res["dirs"]}
+    states = {os.path.relpath(d["path"], r): d["state"] for d in res["paths"]}
     assert states["data/pg"] == "created" and states["conf/pg.conf"] == "copied"
-    created = next(d for d in res["dirs"] if d["path"].endswith("data/pg"))["created"]
+    created = next(d for d in res["paths"] if d["path"].endswith("data/pg"))["created"]
     assert created == [os.path.join(r, "data"), os.path.join(r, "data/pg")]
     assert "absent" in res["diff"]["before"] and "999:999 0750" in res["diff"]["after"]
 
@@ -399,6 +399,20 @@ def test_path_override_beats_service_override(tmp_path):
     dd.apply(dd.plan(project, opts, FakeImages(BUSYBOX_FAKE)))
     assert owner_mode(os.path.join(r, "data/pg")) == (71, 71, 0o700)
     assert owner_mode(os.path.join(r, "conf/pg.conf"))[1] == 70
+
+
+def test_existing_directory_is_clamped_to_the_mode_not_loosened(tmp_path):
+    root = tmp_path / "proj"
+    tight, loose = str(root / "tight"), str(root / "loose")
+    os.makedirs(tight, mode=0o700)
+    os.makedirs(loose)
+    os.chmod(loose, 0o777)  # noqa: S103 - drift to fix
+    project = Project("p", str(root), [], services={"s": Service("s", "img", None, "999", mounts=[
+        Mount("bind", "/a", False, tight), Mount("bind", "/b", False, loose)])})
+    dd.apply(dd.plan(project, {}, FakeImages({})))
+    assert owner_mode(tight) == (999, 999, 0o700) and owner_mode(loose) == (999, 999, 0o750)
+    dd.apply(dd.plan(project, {"overrides": {"./tight": {"owner": 999, "mode": "0750"}}}, FakeImages({})))
+    assert owner_mode(tight) == (999, 999, 0o750)                     # a path override mode is exact
 
 
 def test_shared_group_option(tmp_path):
@@ -622,7 +636,7 @@ def test_setuid_bit_survives_an_owner_fix(tmp_path):
     p = os.path.join(root, "tool")
     open(p, "w").close()
     os.chmod(p, 0o4750)  # noqa: S103 - the bit must survive
-    rule = dd.Rule(1000, 1000, 0o750, file_allowed=0o7777)
+    rule = dd.Rule(1000, 1000, 0o750, 0o750, file_allowed=0o7777)
     dd.walk_fix(root, rule)
     assert owner_mode(p) == (1000, 1000, 0o4750)
 
@@ -644,7 +658,7 @@ def test_apply_recurse_reports_subtree_counts_in_check_mode(tmp_path):
     project = Project("p", str(root), [], services={
         "a": Service("a", "img", None, "1000", mounts=[Mount("bind", "/d", False, data)])})
     res = dd.apply(dd.plan(project, {}, FakeImages({})), check=True, recurse=True)
-    entry = res["dirs"][0]
+    entry = res["paths"][0]
     assert (entry["state"], entry["checked"], entry["fixed"]) == ("fixed", 11, 11)
     assert "(11 of 11 entries fixed)" in res["diff"]["after"]
     assert owner_mode(data)[0] == 0
