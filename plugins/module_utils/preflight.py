@@ -574,10 +574,10 @@ def _check_ports(project: Project, facts: HostFacts, opt: Options) -> list[Findi
     if notes:
         out.append(Finding(cid, WARNING, "ports", "; ".join(notes), "re-run once the engine is reachable"))
     if free or own:
-        msg = f"{free} published port{'s' if free != 1 else ''} free"
+        parts = [f"{_n(free, 'published port')} free"] if free else []
         if own:
-            msg += f", {own} held by this project's own container{'s' if own != 1 else ''}"
-        out.append(Finding(cid, INFO, "ports", msg))
+            parts.append(f"{_n(own, 'published port')} held by this project's own running containers")
+        out.append(Finding(cid, INFO, "ports", ", ".join(parts)))
     return out
 
 
@@ -1041,7 +1041,8 @@ def cli(argv=None) -> int:
     ap = argparse.ArgumentParser(
         prog="preflight-compose.sh",
         description="Report every missing prerequisite of a Compose project's first boot (read-only).")
-    ap.add_argument("project_dir", nargs="?", default=".", help="the directory holding the root compose file")
+    ap.add_argument("project_dir", nargs="?", default=os.environ.get("HYHOME_PROJECT_DIR") or ".",
+                    help="the directory holding the root compose file (default: $HYHOME_PROJECT_DIR, else .)")
     ap.add_argument("-f", "--file", action="append", dest="files", help="compose file (repeatable)")
     ap.add_argument("--env-file", help="env file (default: <project>/.env)")
     ap.add_argument("--profile", action="append", dest="profiles", help="compose profile (repeatable)")
