@@ -95,11 +95,11 @@ def parse_san(name) -> San:
     name = name.strip()
     if not name:
         raise HyHomeError("invalid certificate name '': empty")
+    if "%" in name:
+        raise HyHomeError(f"invalid certificate name {raw!r}: IPv6 zone identifiers cannot appear in a certificate")
     ip = _parse_ip(name.strip("[]")) if name.startswith("[") and name.endswith("]") else _parse_ip(name)
     if ip is not None:
         return San("ip", ip.compressed)
-    if "%" in name:
-        raise HyHomeError(f"invalid certificate name {raw!r}: IPv6 zone identifiers cannot appear in a certificate")
     if any(c in name for c in "@/:"):
         raise HyHomeError(
             f"invalid certificate name {raw!r}: only DNS names, '*.' wildcards and IP addresses are supported "

@@ -164,8 +164,8 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
-path:
-  description: The CA directory.
+ca_dir:
+  description: The CA directory (the O(path) given, or its default).
   returned: always
   type: str
 certificate_path:
@@ -251,7 +251,7 @@ class LocalCA:
         self.cert_path = os.path.join(self.path, tls.CA_CERT_FILE)
         self.key_path = os.path.join(self.path, tls.CA_KEY_FILE)
         self.changed = False
-        self.result = {"path": self.path, "certificate_path": self.cert_path, "key_path": self.key_path,
+        self.result = {"ca_dir": self.path, "certificate_path": self.cert_path, "key_path": self.key_path,
                        "created": False, "regenerated": False, "drift": []}
         self.diff = {"before": "", "after": ""}
 
