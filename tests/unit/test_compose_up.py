@@ -12,7 +12,6 @@ import subprocess
 import uuid
 
 import pytest
-
 from ansible_collections.hyhome.bootstrap.plugins.module_utils import compose_up as cu
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_model import (
     Mount,
@@ -234,7 +233,8 @@ def test_state_roundtrip_atomic_0600(tmp_path):
     assert back["other"] == {"kept": True}
     assert cu.state_salt(back, "p") == "abc"
     assert cu.recorded_fingerprints(back, "p")["db"]["fingerprint"] == fps["db"].value
-    assert "s3cret" not in open(path).read()
+    with open(path) as fh:
+        assert "s3cret" not in fh.read()
     removed = cu.updated_state(back, "p", {}, remove={"db"})
     assert "db" not in cu.recorded_fingerprints(removed, "p")
 
@@ -532,7 +532,7 @@ def test_apply_up_then_noop_then_rotation(tmp_path):
     assert "rotated" not in json.dumps(res)
     res = cu.apply(eng, proj, cu.Options(wait_timeout=5))
     assert res["actions"] == {"api": ["recreated"]}
-    assert [c for c in eng.commands if c[0] == "create"][0][:2] == ["create", "--force-recreate"]
+    assert next(c for c in eng.commands if c[0] == "create")[:2] == ["create", "--force-recreate"]
     assert not cu.apply(eng, proj, cu.Options(wait_timeout=5))["changed"]
 
 
