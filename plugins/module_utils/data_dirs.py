@@ -13,10 +13,12 @@ Pure core of the ``data_dirs`` module (no AnsibleModule here). Three steps:
    into place, and fixes owner/group/mode drift in one ``scandir`` pass that touches only entries
    that differ, never follows symlinks and never crosses into another filesystem.
 
-Mode rule for an entry: ``new = (current & allowed) | required``. The directory itself gets an
-exact mode; with ``recurse`` the subtree keeps its modes minus what the directory mode does not
-grant, plus what the container user needs (``u+rwX`` for a writable single-owner tree, ``ug+rwX``
-and setgid for a shared one, ``+rX`` for the owner class or group of a read-only mount).
+Mode rule for an entry: ``new = (current & allowed) | required``. A writable directory is created
+with ``mode``; an existing one is never looser than ``mode`` (what its application tightened is
+kept). With ``recurse`` the subtree keeps its modes, minus world-write, plus what the container
+user needs (``u+rw``/``u+rwx`` for a single owner, ``ug+rw`` and setgid directories when shared,
+read for the owner class, group or others of a read-only mount). The top directory already gates
+access, so an application writing 0644 files is not drift.
 """
 
 from __future__ import annotations
@@ -519,6 +521,8 @@ class Rule:
     gid: int = -1
     top_mode: int | None = None     # exact mode of the path itself (a path override); else the mask rule
     create_mode: int = 0o750
+    top_allowed: int = 0o7777
+    top_required: int = 0
     dir_allowed: int = 0o7777
     dir_required: int = 0
     file_allowed: int = 0o7777
@@ -679,8 +683,9 @@ def _rule(kind, writable, shared, ident: Identity, top_mode, opts, existing) -> 
         mode = top_mode if top_mode is not None else (opts["shared_mode"] if shared else opts["mode"])
         need = 0o770 if shared else 0o700
         return Rule(ident.uid, ident.gid, top_mode, mode,
-                    dir_allowed=mode | need, dir_required=need | (mode & 0o2000),
-                    file_allowed=(mode | need) & 0o777, file_required=need & 0o666)
+                    top_allowed=mode | need, top_required=need | (mode & 0o2000),
+                    dir_allowed=0o7775, dir_required=need | (mode & 0o2000),
+                    file_allowed=0o7775, file_required=need & 0o666)
     rule = _readonly_rule(ident, existing, top_mode)
     rule.create_mode = top_mode if top_mode is not None else opts["mode"]
     return rule
@@ -694,16 +699,19 @@ def _readonly_rule(ident: Identity, existing, top_mode) -> Rule:
     becomes its gid. A missing path is created owned by the container user.
     """
     if not existing:
-        return Rule(ident.uid, ident.gid, top_mode, dir_required=0o500, file_required=0o400)
-    st = os.lstat(existing)
-    if st.st_uid == ident.uid:
-        return Rule(-1, -1, top_mode, dir_required=0o500, file_required=0o400)
-    if st.st_gid == ident.gid:
-        return Rule(-1, -1, top_mode, dir_required=0o050, file_required=0o040)
-    need = 0o005 if stat.S_ISDIR(st.st_mode) else 0o004
-    if st.st_mode & need == need:
-        return Rule(-1, -1, top_mode, dir_required=0o005, file_required=0o004)
-    return Rule(-1, ident.gid, top_mode, dir_required=0o050, file_required=0o040)
+        uid, gid, dbits, fbits = ident.uid, ident.gid, 0o500, 0o400
+    else:
+        st = os.lstat(existing)
+        need = 0o005 if stat.S_ISDIR(st.st_mode) else 0o004
+        if st.st_uid == ident.uid:
+            uid, gid, dbits, fbits = -1, -1, 0o500, 0o400
+        elif st.st_gid == ident.gid:
+            uid, gid, dbits, fbits = -1, -1, 0o050, 0o040
+        elif st.st_mode & need == need:
+            uid, gid, dbits, fbits = -1, -1, 0o005, 0o004
+        else:
+            uid, gid, dbits, fbits = -1, ident.gid, 0o050, 0o040
+    return Rule(uid, gid, top_mode, top_required=dbits, dir_required=dbits, file_required=fbits)
 
 
 # --------------------------------------------------------------------------------------------
@@ -784,7 +792,7 @@ def walk_fix(top: str, rule: Rule, recurse: bool = True, check: bool = False,
     stats.checked += 1
     top_mode = rule.top_mode
     if top_mode is None:
-        top_mode = _want_mode(st.st_mode, rule.dir_allowed, rule.dir_required)
+        top_mode = _want_mode(st.st_mode, rule.top_allowed, rule.top_required)
     _fix_fd(fd, st, rule, top_mode, check, stats, top)
     if not recurse:
         os.close(fd)
@@ -979,7 +987,7 @@ def apply(p: Plan, check: bool = False, recurse: bool = False) -> dict:
 def _rule_text(rule: Rule, cur_mode: int, st=None) -> str:
     uid = rule.uid if rule.uid != -1 else (st.st_uid if st else 0)
     gid = rule.gid if rule.gid != -1 else (st.st_gid if st else 0)
-    mode = rule.top_mode if rule.top_mode is not None else _want_mode(cur_mode, rule.dir_allowed, rule.dir_required)
+    mode = rule.top_mode if rule.top_mode is not None else _want_mode(cur_mode, rule.top_allowed, rule.top_required)
     return f"{uid}:{gid} {mode:04o}"
 
 

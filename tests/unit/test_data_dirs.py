@@ -541,8 +541,8 @@ def test_walk_fixes_only_what_differs_and_counts(tmp_path):
     fix = dd.walk_fix(root, rule)
     assert (fix.checked, fix.fixed) == (total, 4)
     assert owner_mode(os.path.join(root, "d1/f0")) == (1000, 1000, 0o640)
-    assert owner_mode(os.path.join(root, "d4/inner")) == (1000, 1000, 0o750)
-    assert owner_mode(os.path.join(root, "d2/f2")) == (1000, 1000, 0o640)
+    assert owner_mode(os.path.join(root, "d4/inner")) == (1000, 1000, 0o775)    # world-write stripped
+    assert owner_mode(os.path.join(root, "d2/f2")) == (1000, 1000, 0o664)
     assert os.stat(os.path.join(root, "d2/f2")).st_mtime_ns == st_before
     assert dd.walk_fix(root, rule).fixed == 0
     assert {s["path"] for s in fix.samples} == {os.path.join(root, p) for p in
@@ -557,7 +557,7 @@ def test_walk_without_recurse_touches_only_the_directory(tmp_path):
     assert owner_mode(os.path.join(root, "d0/f0"))[0] == 0
 
 
-def test_writable_mode_rule_keeps_private_files_private(tmp_path):
+def test_writable_subtree_rule_only_strips_world_write_and_adds_owner_access(tmp_path):
     root = str(tmp_path / "t")
     os.mkdir(root)
     for name, mode in (("public", 0o644), ("private", 0o600), ("script", 0o755), ("ro", 0o400), ("world", 0o666)):
@@ -567,7 +567,8 @@ def test_writable_mode_rule_keeps_private_files_private(tmp_path):
     os.mkdir(os.path.join(root, "sub"), 0o700)
     dd.walk_fix(root, writable_rule())
     modes = {n: owner_mode(os.path.join(root, n))[2] for n in os.listdir(root)}
-    assert modes == {"public": 0o640, "private": 0o600, "script": 0o750, "ro": 0o600, "world": 0o640, "sub": 0o700}
+    assert modes == {"public": 0o644, "private": 0o600, "script": 0o755, "ro": 0o600, "world": 0o664, "sub": 0o700}
+    assert owner_mode(root) == (1000, 1000, 0o750)
 
 
 def test_shared_rule_gives_the_group_write_and_setgid(tmp_path):
@@ -575,8 +576,8 @@ def test_shared_rule_gives_the_group_write_and_setgid(tmp_path):
     rule = dd._rule("dir", True, True, dd.Identity(1000, 3000, "t"), None, dict(dd.DEFAULT_OPTIONS), None)
     dd.walk_fix(root, rule)
     assert owner_mode(root) == (1000, 3000, 0o2770)
-    assert owner_mode(os.path.join(root, "d0/inner")) == (1000, 3000, 0o2770)
-    assert owner_mode(os.path.join(root, "d0/f0")) == (1000, 3000, 0o660)
+    assert owner_mode(os.path.join(root, "d0/inner")) == (1000, 3000, 0o2775)  # g+rwx, setgid; o kept
+    assert owner_mode(os.path.join(root, "d0/f0")) == (1000, 3000, 0o664)
 
 
 def test_symlinks_are_never_followed(tmp_path):
