@@ -1,0 +1,342 @@
+#!/usr/bin/python
+# Copyright: Hy-Home Bootstrap maintainers
+# Apache License 2.0 (see LICENSE at the collection root)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: secret_files
+short_description: Make every file-based secret of a Compose project exist, safely and idempotently
+version_added: "0.1.0"
+description:
+  - Derives the secrets a Compose project needs from its model (top-level C(secrets:) entries with
+    C(file:), consumers from each service's C(secrets:)), merged with an optional O(registry) that sets
+    per secret the kind, length/charset, owner/group/mode, consumers, and whether a person must provide it.
+  - Generates missing values from the OS CSPRNG; never overwrites an existing non-empty value (an empty
+    file, or the empty directory Docker creates for a missing file, counts as missing).
+  - "Kinds: C(password), C(hex), C(base64), C(token) (urlsafe), C(uuid), C(htpasswd) (derived from another
+    secret; bcrypt, apr1 or sha512_crypt; verified, never re-hashed while it still matches), C(rsa) and
+    C(ed25519) private keys (PEM PKCS#8, public key written alongside as C(<file>.pub)), C(fernet) and
+    C(provided) (only a person can supply it: when missing, the module fails before writing anything and
+    lists each one with the file to put it in; an optional provided secret gets a placeholder instead)."
+  - Rotation is explicit (O(rotate)); the old value is kept in C(<secrets_dir>/.history/<file>/) (mode 0400,
+    timestamped) and the result lists the services that read it so they can be recreated.
+  - Persistent secrets (default) have the value in use recorded in the history, so a deleted file is
+    restored instead of being silently replaced by a different value that no longer opens the consumer's data.
+  - Owner and mode make the file readable by exactly the consuming containers' users (Compose bind-mounts
+    file secrets with the host file's owner and mode). One reader identity gives mode 0400 owned by it;
+    consumers running as different users share a group and mode 0440, and the result says so.
+  - Writes are atomic (temporary file in the same directory, fsync, rename, fsync of the directory).
+author:
+  - Hy-Home Bootstrap maintainers
+requirements:
+  - Python C(cryptography) on the managed host for C(rsa) and C(ed25519).
+  - C(passlib) (the C(libpass) fork) for C(htpasswd) with apr1 and sha512_crypt; bcrypt uses passlib with the
+    C(bcrypt) package, or the system crypt(3) when that backend is missing.
+  - Docker Compose v2 on the managed host when O(project_dir) is given and O(derive_from_compose=true).
+attributes:
+  check_mode:
+    support: full
+    description: >-
+      Reads everything and reports what would be generated, restored, rotated or re-permissioned; writes nothing.
+  diff_mode:
+    support: full
+    description: The diff lists secret names and actions only, never values or hashes of values.
+  idempotent:
+    support: full
+    description: A second run with the same inputs reports C(changed=false); salted hashes are verified, not re-made.
+options:
+  project_dir:
+    description:
+      - Directory of the Compose project. Its model gives the secrets and their consumers.
+      - Omit it to manage registry entries with a C(file) only.
+    type: path
+  secrets_dir:
+    description:
+      - The secrets tree. Every secret file must be inside it (no C(../), no symlink pointing out).
+      - Defaults to C(<project_dir>/secrets).
+    type: path
+  compose_files:
+    description: Compose files relative to O(project_dir), instead of Compose's own lookup.
+    type: list
+    elements: str
+    default: []
+  profiles:
+    description: Compose profiles to activate (C(["*"]) for all), so secrets of profiled services count.
+    type: list
+    elements: str
+    default: ["*"]
+  derive_from_compose:
+    description: Read the Compose project at all. With V(false) only registry entries with a C(file) are managed.
+    type: bool
+    default: true
+  registry:
+    description:
+      - "Per secret name: C(kind) (one of the kinds above, default O(default_kind)); C(length) (characters for
+        password/hex, random bytes for base64/token); C(charset) (password: characters or named sets alnum,
+        ascii_letters, ascii_lowercase, ascii_uppercase, digits, hexdigits, punctuation, urlsafe; default alnum);
+        C(size) (RSA bits, default 3072, floor 2048); C(source), C(username) (default admin), C(scheme)
+        (bcrypt, apr1, sha512_crypt) and C(rounds) for htpasswd; C(public_key) (default true) and
+        C(public_format) (pem or openssh) for keys; C(owner), C(group), C(mode); C(consumers) (service names,
+        overrides compose); C(persistent); C(optional) and C(hint) for provided secrets; C(file) (relative to
+        O(secrets_dir)) for secrets compose does not declare."
+      - "Floors: password 16 characters and 80 bits of entropy, hex 32 characters, base64/token 16 bytes,
+        bcrypt 10 rounds, sha512_crypt 5000 rounds."
+      - Holds no values.
+    type: dict
+    default: {}
+  registry_file:
+    description:
+      - A YAML file on the managed host with registry entries (for example one shipped with the project).
+        Entries in O(registry) win, key by key. A missing file is ignored.
+    type: path
+  default_kind:
+    description: Kind of a secret the registry does not describe.
+    type: str
+    default: password
+    choices: [password, hex, base64, token, uuid, rsa, ed25519, fernet, provided]
+  persistent_default:
+    description:
+      - Whether secrets are persistent unless the registry says otherwise. A persistent secret whose file
+        disappears is restored from the history; a non-persistent one is generated anew with a warning.
+    type: bool
+    default: true
+  default_owner:
+    description: Owner (name or uid) for secrets whose consumers declare no C(user:) (the image's user is unknown).
+    type: raw
+    default: 0
+  default_group:
+    description: Group (name or gid) in the same case.
+    type: raw
+    default: 0
+  shared_group:
+    description: >-
+      Group (name or gid) that consumers running as different users share, when their C(user:) gives none in common.
+    type: raw
+  rotate:
+    description: Names of secrets to give a new value now (the old one goes to the history).
+    type: list
+    elements: str
+    default: []
+  restore:
+    description: Names of secrets to roll back to the newest different value in their history.
+    type: list
+    elements: str
+    default: []
+  seed:
+    description:
+      - Values from the source of truth (the controller store), by secret name. A missing secret, or a
+        placeholder, takes its seed value instead of a new one. An existing different value is kept and warned about.
+    type: dict
+    default: {}
+  manage_dir_modes:
+    description: Remove access for other users from the secrets directory and the directories holding secret files.
+    type: bool
+    default: true
+notes:
+  - Values never appear in the result, the diff or warnings; O(seed) is C(no_log).
+  - Run it where the files live (the Docker host). See the C(hyhome.bootstrap.secrets) role README for the
+    controller store that makes a rebuilt host get the same values back.
+seealso:
+  - module: community.crypto.openssl_privatekey
+  - module: community.general.htpasswd
+"""
+
+EXAMPLES = r"""
+- name: Generate every secret the project declares
+  hyhome.bootstrap.secret_files:
+    project_dir: /srv/hyhome
+    registry:
+      postgres_password: {kind: password, length: 40}
+      grafana_admin_password: {kind: password, file: grafana/admin_password, consumers: []}
+      gateway_htpasswd: {kind: htpasswd, source: grafana_admin_password, username: admin}
+      app_signing_key: {kind: ed25519}
+      smtp_password: {kind: provided, hint: "app password of the SMTP relay"}
+      slack_webhook: {kind: provided, optional: true}
+  register: secrets_result
+
+- name: Rotate the database password and recreate exactly its consumers
+  hyhome.bootstrap.secret_files:
+    project_dir: /srv/hyhome
+    rotate: [postgres_password]
+  register: rotated
+
+- name: Show what would change, writing nothing
+  hyhome.bootstrap.secret_files:
+    project_dir: /srv/hyhome
+  check_mode: true
+  diff: true
+"""
+
+RETURN = r"""
+secrets:
+  description: One entry per managed secret, names and actions only.
+  returned: success
+  type: list
+  elements: dict
+  contains:
+    name: {description: Secret name., type: str}
+    path: {description: Host file., type: str}
+    kind: {description: Kind., type: str}
+    action:
+      description: >-
+        ok, generated, restored, rotated, rederived, rolled-back or placeholder-written.
+      type: str
+    owner: {description: Owner uid the file has (or will have)., type: int}
+    group: {description: Group gid., type: int}
+    mode: {description: Octal mode., type: str, sample: "0400"}
+    consumers: {description: Services that read it., type: list, elements: str}
+    permissions_fixed: {description: Owner or mode drift was (or would be) corrected., type: bool}
+    public_key: {description: Public key file written (keys only, when written)., type: str, returned: when written}
+    history: {description: History records written., type: list, elements: str, returned: when written}
+    notes:
+      description: Why, in words (different users sharing a group, restore reasons).
+      type: list
+      elements: str
+      returned: when any
+  sample:
+    - {name: db_password, path: /srv/hyhome/secrets/db/pg.txt, kind: password, action: generated,
+       owner: 999, group: 999, mode: "0400", consumers: [db], permissions_fixed: false}
+changed_secrets:
+  description: Names of secrets whose content or permissions changed (or would change in check mode).
+  returned: success
+  type: list
+  elements: str
+rotated:
+  description: Names rotated in this run.
+  returned: success
+  type: list
+  elements: str
+recreate_services:
+  description: Services that read a secret whose content changed in this run; recreate exactly these.
+  returned: success
+  type: list
+  elements: str
+  sample: [api, db]
+store_paths:
+  description: >-
+    Files whose value is new on this host (generated, rotated, rolled back, re-derived), keyed by secret name,
+    for copying back to a controller store. Public keys and placeholders are not listed.
+  returned: success
+  type: dict
+unused_registry:
+  description: Registry names that matched no compose secret and have no C(file) (typos, or other stacks).
+  returned: success
+  type: list
+  elements: str
+secrets_dir:
+  description: The secrets tree.
+  returned: success
+  type: str
+"""
+
+import os  # noqa: E402 - after the docs, as Ansible expects
+
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+from ansible_collections.hyhome.bootstrap.plugins.module_utils import secrets as core  # noqa: E402
+from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyHomeError  # noqa: E402
+
+STORE_ACTIONS = ("generated", "restored", "rotated", "rolled-back", "rederived")
+
+
+def _load_registry_file(path):
+    if not path or not os.path.exists(path):
+        return {}
+    try:
+        import yaml
+    except ImportError:
+        raise HyHomeError(f"registry_file {path} needs PyYAML on the managed host (Debian: python3-yaml)") from None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise HyHomeError(f"registry_file {path} cannot be read: {e}") from None
+    if not isinstance(data, dict):
+        raise HyHomeError(f"registry_file {path} must be a mapping of secret names to entries")
+    return data
+
+
+def _load_project(p):
+    from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_model import load_project
+
+    return load_project(p["project_dir"], files=p["compose_files"] or None, profiles=p["profiles"] or None)
+
+
+def run(module):
+    p = module.params
+    if not p["project_dir"] and not p["secrets_dir"]:
+        raise HyHomeError("give project_dir (the compose project) or secrets_dir")
+    secrets_dir = p["secrets_dir"] or os.path.join(p["project_dir"], "secrets")
+    project = None
+    warnings = []
+    if p["project_dir"] and p["derive_from_compose"]:
+        project = _load_project(p)
+        if project.config_error:
+            warnings.append("docker compose config failed, secrets were read from the raw compose files: "
+                            + project.config_error.splitlines()[0])
+    registry = _load_registry_file(p["registry_file"])
+    for name, entry in (p["registry"] or {}).items():
+        base = registry.get(name) if isinstance(registry.get(name), dict) else {}
+        registry[name] = {**base, **(entry or {})}
+    specs = core.build_specs(project, registry, secrets_dir, p["default_kind"], p["persistent_default"])
+    plan = core.plan(specs, secrets_dir, project, rotate=p["rotate"], restore=p["restore"], seed=p["seed"],
+                     default_owner=p["default_owner"], default_group=p["default_group"],
+                     shared_group=p["shared_group"], manage_dir_modes=p["manage_dir_modes"])
+    if plan.changed and not module.check_mode:
+        core.apply(plan)
+    result = {
+        "changed": plan.changed,
+        "secrets_dir": plan.secrets_dir,
+        "secrets": plan.results(),
+        "changed_secrets": [i.spec.name for i in plan.items if i.changed],
+        "rotated": [i.spec.name for i in plan.items if i.action == "rotated"],
+        "recreate_services": plan.recreate_services(),
+        "store_paths": {i.spec.name: i.spec.path for i in plan.items
+                        if (i.action in STORE_ACTIONS or i.spec.name not in p["seed"])
+                        and i.final_value is not None and not core.is_placeholder(i.final_value)},
+        "unused_registry": core.unused_registry_entries(specs, registry),
+    }
+    if module._diff:
+        result["diff"] = plan.diff()
+    for w in warnings + plan.warnings:
+        module.warn(w)
+    return result
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec={
+            "project_dir": {"type": "path"},
+            "secrets_dir": {"type": "path"},
+            "compose_files": {"type": "list", "elements": "str", "default": []},
+            "profiles": {"type": "list", "elements": "str", "default": ["*"]},
+            "derive_from_compose": {"type": "bool", "default": True},
+            "registry": {"type": "dict", "default": {}},
+            "registry_file": {"type": "path"},
+            "default_kind": {"type": "str", "default": "password",
+                             "choices": ["password", "hex", "base64", "token", "uuid", "rsa", "ed25519", "fernet",
+                                         "provided"]},
+            "persistent_default": {"type": "bool", "default": True},
+            "default_owner": {"type": "raw", "default": 0},
+            "default_group": {"type": "raw", "default": 0},
+            "shared_group": {"type": "raw"},
+            "rotate": {"type": "list", "elements": "str", "default": []},
+            "restore": {"type": "list", "elements": "str", "default": []},
+            "seed": {"type": "dict", "default": {}, "no_log": True},
+            "manage_dir_modes": {"type": "bool", "default": True},
+        },
+        supports_check_mode=True,
+    )
+    try:
+        result = run(module)
+    except HyHomeError as e:
+        module.fail_json(msg=e.msg)
+    except OSError as e:
+        # Paths and errno only: no value is ever part of an OSError raised here.
+        module.fail_json(msg=f"secrets: {e.strerror or e} ({e.filename or 'file'})")
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

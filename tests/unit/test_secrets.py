@@ -1,0 +1,652 @@
+"""Pure logic of the secrets core: kinds, derivation from the compose model, access, idempotence,
+rotation with history, restore, and every bad input (each must write nothing)."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import shutil
+import stat
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+from ansible_collections.hyhome.bootstrap.plugins.module_utils import secrets as core
+from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_model import (
+    Project,
+    SecretRef,
+    Service,
+    load_project,
+)
+from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_model import Secret as ComposeSecret
+from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyHomeError
+from cryptography.fernet import Fernet
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "secrets"
+REGISTRY = yaml.safe_load((FIXTURES / "registry.yml").read_text())
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+
+def fixture_project(project_dir: Path) -> Project:
+    """The fixture compose project built by hand (the same model load_project gives, see the
+    docker-marked test below)."""
+    d = str(project_dir)
+
+    def svc(name, user, secrets):
+        return Service(name=name, image="hyhome/busybox:local", build=None, user=user,
+                       secrets=[SecretRef(s, f"/run/secrets/{s}") for s in secrets])
+
+    files = {
+        "app_password": "secrets/app/password", "shared_token": "secrets/shared_token",
+        "signing_key": "secrets/worker/signing_key", "db_password": "secrets/db/password",
+        "gateway_htpasswd": "secrets/gateway/htpasswd", "smtp_password": "secrets/common/smtp_password",
+        "legacy_key": "secrets/gateway/legacy_key",
+    }
+    project = Project(name="hyhome-secrets-fixture", working_dir=d, files=[f"{d}/compose.yaml"])
+    project.services = {
+        "app": svc("app", "1000:1000", ["app_password", "shared_token"]),
+        "worker": svc("worker", "65534:65534", ["shared_token", "signing_key"]),
+        "db": svc("db", None, ["db_password"]),
+        "gateway": svc("gateway", "1000:1000", ["gateway_htpasswd", "smtp_password", "legacy_key"]),
+    }
+    project.secrets = {n: ComposeSecret(n, os.path.join(d, f)) for n, f in files.items()}
+    project.secrets["platform_ca"] = ComposeSecret("platform_ca", None, external=True)
+    return project
+
+
+@pytest.fixture
+def proj(tmp_path):
+    dest = tmp_path / "project"
+    shutil.copytree(FIXTURES / "project", dest)
+    return dest
+
+
+def run(specs, secrets_dir, project=None, **kw):
+    p = core.plan(specs, str(secrets_dir), project, **kw)
+    core.apply(p)
+    return p
+
+
+def snapshot(root: Path) -> dict:
+    """Every path under root with its bytes and mode: proves 'nothing written'."""
+    out = {}
+    if not root.exists():
+        return out
+    for dirpath, dirnames, filenames in os.walk(root):
+        for n in dirnames + filenames:
+            p = Path(dirpath) / n
+            st = p.lstat()
+            out[str(p)] = (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
+                           p.read_bytes() if p.is_file() and not p.is_symlink() else None)
+    return out
+
+
+def spec_for(tmp_path, name="s", **entry):
+    entry.setdefault("file", name)
+    return core.build_specs(None, {name: entry}, str(tmp_path / "secrets"))
+
+
+def one(tmp_path, **entry):
+    return spec_for(tmp_path, **entry)[0]
+
+
+# --------------------------------------------------------------------------------------------
+# kinds: format, length, entropy source
+# --------------------------------------------------------------------------------------------
+
+def test_password_default_is_32_alnum_characters(tmp_path):
+    v = core.generate_value(one(tmp_path))
+    assert len(v) == 32 and re.fullmatch(rb"[A-Za-z0-9]{32}", v)
+
+
+def test_password_length_and_charset(tmp_path):
+    v = core.generate_value(one(tmp_path, length=50, charset=["ascii_lowercase", "-_"]))
+    assert len(v) == 50 and re.fullmatch(rb"[a-z_-]{50}", v)
+
+
+def test_hex(tmp_path):
+    assert re.fullmatch(rb"[0-9a-f]{64}", core.generate_value(one(tmp_path, kind="hex")))
+    assert re.fullmatch(rb"[0-9a-f]{33}", core.generate_value(one(tmp_path, kind="hex", length=33)))
+
+
+def test_base64_and_token_hold_the_requested_random_bytes(tmp_path):
+    b = core.generate_value(one(tmp_path, kind="base64", length=48))
+    assert len(base64.b64decode(b, validate=True)) == 48
+    t = core.generate_value(one(tmp_path, kind="token"))
+    assert re.fullmatch(rb"[A-Za-z0-9_-]+", t)
+    assert len(base64.urlsafe_b64decode(t + b"=" * (-len(t) % 4))) == 32
+
+
+def test_uuid_is_version_4(tmp_path):
+    v = core.generate_value(one(tmp_path, kind="uuid"))
+    u = uuid.UUID(v.decode())
+    assert u.version == 4 and str(u) == v.decode()
+
+
+def test_fernet_key_is_accepted_by_cryptography(tmp_path):
+    key = core.generate_value(one(tmp_path, kind="fernet"))
+    f = Fernet(key)
+    assert f.decrypt(f.encrypt(b"x")) == b"x"
+
+
+def test_rsa_key_default_3072_with_public_key(tmp_path):
+    s = one(tmp_path, kind="rsa")
+    pem = core.generate_value(s)
+    key = serialization.load_pem_private_key(pem, None)
+    assert isinstance(key, rsa.RSAPrivateKey) and key.key_size == 3072
+    assert pem.startswith(b"-----BEGIN PRIVATE KEY-----")
+    pub = core.public_key_bytes(pem)
+    assert serialization.load_pem_public_key(pub).public_numbers() == key.public_key().public_numbers()
+
+
+def test_ed25519_key_with_openssh_public_key(tmp_path):
+    s = one(tmp_path, kind="ed25519", public_format="openssh")
+    pem = core.generate_value(s)
+    key = serialization.load_pem_private_key(pem, None)
+    assert isinstance(key, ed25519.Ed25519PrivateKey)
+    run([s], tmp_path / "secrets")
+    key = serialization.load_pem_private_key((tmp_path / "secrets" / "s").read_bytes(), None)
+    pub = (tmp_path / "secrets" / "s.pub").read_bytes()
+    assert pub.startswith(b"ssh-ed25519 ")
+    assert serialization.load_ssh_public_key(pub).public_bytes_raw() == key.public_key().public_bytes_raw()
+    assert stat.S_IMODE(os.stat(tmp_path / "secrets" / "s.pub").st_mode) == 0o444
+
+
+@pytest.mark.parametrize("kind", ["password", "hex", "base64", "token", "uuid", "fernet"])
+def test_every_random_kind_draws_from_the_csprng_hooks(tmp_path, monkeypatch, kind):
+    import random
+    import secrets as stdlib_secrets
+
+    assert core._token_bytes is stdlib_secrets.token_bytes
+    assert isinstance(core._rng, random.SystemRandom)
+    calls = []
+
+    class Fake:
+        def choice(self, seq):
+            calls.append("choice")
+            return seq[0]
+
+    monkeypatch.setattr(core, "_rng", Fake())
+    monkeypatch.setattr(core, "_token_bytes", lambda n: calls.append("bytes") or b"\x00" * n)
+    core.generate_value(one(tmp_path, kind=kind))
+    assert calls
+
+
+@pytest.mark.parametrize("kind", ["password", "hex", "base64", "token", "uuid", "fernet", "ed25519"])
+def test_two_values_differ(tmp_path, kind):
+    s = one(tmp_path, kind=kind)
+    assert core.generate_value(s) != core.generate_value(s)
+
+
+# --------------------------------------------------------------------------------------------
+# htpasswd: derived, verified, never re-hashed while it matches
+# --------------------------------------------------------------------------------------------
+
+def htpasswd_specs(tmp_path, **entry):
+    reg = {"pw": {"file": "pw"}, "ht": {"kind": "htpasswd", "source": "pw", "file": "ht", **entry}}
+    return core.build_specs(None, reg, str(tmp_path / "secrets"))
+
+
+@pytest.mark.parametrize(("scheme", "prefix"), [("bcrypt", "$2"), ("apr1", "$apr1$"), ("sha512_crypt", "$6$")])
+def test_htpasswd_schemes_verify_against_the_source(tmp_path, scheme, prefix):
+    specs = htpasswd_specs(tmp_path, scheme=scheme, username="alice")
+    run(specs, tmp_path / "secrets")
+    pw = (tmp_path / "secrets" / "pw").read_text()
+    line = (tmp_path / "secrets" / "ht").read_text()
+    user, hashed = line.rstrip("\n").split(":", 1)
+    assert user == "alice" and hashed.startswith(prefix) and line.endswith("\n")
+    assert core.verify_password(pw, hashed) and not core.verify_password(pw + "x", hashed)
+
+
+def test_htpasswd_default_is_bcrypt_and_is_not_rehashed(tmp_path):
+    specs = htpasswd_specs(tmp_path)
+    run(specs, tmp_path / "secrets")
+    first = (tmp_path / "secrets" / "ht").read_bytes()
+    assert first.startswith(b"admin:$2")
+    again = run(specs, tmp_path / "secrets")
+    assert not again.changed and (tmp_path / "secrets" / "ht").read_bytes() == first
+
+
+def test_htpasswd_follows_a_rotated_source_and_keeps_other_users(tmp_path):
+    specs = htpasswd_specs(tmp_path, scheme="apr1")
+    run(specs, tmp_path / "secrets")
+    ht = tmp_path / "secrets" / "ht"
+    os.chmod(ht, 0o600)
+    ht.write_bytes(ht.read_bytes() + b"bob:$apr1$abcdefgh$0123456789abcdefghijkl\n")
+    os.chmod(ht, 0o400)
+    p = run(specs, tmp_path / "secrets", rotate=["pw"])
+    actions = {i.spec.name: i.action for i in p.items}
+    assert actions == {"pw": "rotated", "ht": "rederived"}
+    lines = ht.read_text().splitlines()
+    assert lines[1].startswith("bob:") and len(lines) == 2
+    assert core.verify_password((tmp_path / "secrets" / "pw").read_text(), lines[0].split(":", 1)[1])
+
+
+def test_htpasswd_scheme_change_rehashes(tmp_path):
+    run(htpasswd_specs(tmp_path, scheme="apr1"), tmp_path / "secrets")
+    p = run(htpasswd_specs(tmp_path, scheme="sha512_crypt"), tmp_path / "secrets")
+    assert [i.action for i in p.items if i.spec.name == "ht"] == ["rederived"]
+    assert (tmp_path / "secrets" / "ht").read_text().startswith("admin:$6$")
+
+
+# --------------------------------------------------------------------------------------------
+# derivation from the compose model, access
+# --------------------------------------------------------------------------------------------
+
+def fixture_specs(proj, **kw):
+    return core.build_specs(fixture_project(proj), REGISTRY, str(proj / "secrets"), **kw)
+
+
+def test_derivation_from_fixture_project(proj):
+    specs = {s.name: s for s in fixture_specs(proj)}
+    assert set(specs) == {"app_password", "shared_token", "signing_key", "db_password", "gateway_htpasswd",
+                          "smtp_password", "legacy_key", "gateway_admin_password"}
+    assert "platform_ca" not in specs  # external: not file-based
+    assert specs["shared_token"].consumers == ("app", "worker")
+    assert specs["gateway_admin_password"].origin == "registry"
+    assert specs["gateway_admin_password"].path == str(proj / "secrets/gateway/admin_password")
+    assert specs["app_password"].length == 40 and specs["legacy_key"].size == 2048
+    assert specs["smtp_password"].kind == "provided" and not specs["smtp_password"].persistent
+
+
+def test_unlisted_secret_gets_default_kind(proj):
+    specs = {s.name: s for s in core.build_specs(fixture_project(proj), {}, str(proj / "secrets"))}
+    assert specs["legacy_key"].kind == "password" and specs["legacy_key"].length == 32
+
+
+def test_access_single_user_group_for_different_users_and_default(proj):
+    p = run(fixture_specs(proj), proj / "secrets", fixture_project(proj))
+    by = {i.spec.name: i for i in p.items}
+    st = os.stat(proj / "secrets/app/password")
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (1000, 1000, 0o400)
+    shared = by["shared_token"]
+    st = os.stat(proj / "secrets/shared_token")
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (1000, 1000, 0o440)
+    assert "different users" in shared.access.note and "group_add" in shared.access.note
+    assert "different users" in " ".join(shared.report()["notes"])
+    st = os.stat(proj / "secrets/db/password")
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, 0, 0o400)
+    assert stat.S_IMODE(os.stat(proj / "secrets").st_mode) & 0o007 == 0
+
+
+def test_shared_gid_when_users_declare_one():
+    s = core.SecretSpec("x", "/p/x", "x", "password", "compose", consumers=("a", "b"))
+    readers = [core.Reader("a", 1000, 3000), core.Reader("b", 472, 3000)]
+    a = core.resolve_access(s, readers, 0, 0, None)
+    assert (a.uid, a.gid, a.mode) == (1000, 3000, 0o440) and "group_add" not in a.note
+    b = core.resolve_access(s, [core.Reader("a", 1000, None), core.Reader("b", 472, None)], 0, 0, 5000)
+    assert (b.gid, b.mode) == (5000, 0o440)
+
+
+def test_registry_owner_and_mode_override(tmp_path):
+    s = one(tmp_path, owner="root", group=0, mode="0440")
+    p = run([s], tmp_path / "secrets")
+    assert (p.items[0].access.uid, p.items[0].access.gid, p.items[0].access.mode) == (0, 0, 0o440)
+
+
+def test_parse_user_forms():
+    assert core.parse_user("s", "1000", 0) == core.Reader("s", 1000, None)
+    assert core.parse_user("s", "1000:50", 0) == core.Reader("s", 1000, 50)
+    assert core.parse_user("s", "root", 0) == core.Reader("s", 0, None)
+    assert core.parse_user("s", None, 7) == core.Reader("s", 7, None)
+
+
+@pytest.mark.docker
+def test_load_project_gives_the_same_specs(proj):
+    loaded = core.build_specs(load_project(str(proj)), REGISTRY, str(proj / "secrets"))
+    assert [(s.name, s.path, s.consumers, s.kind) for s in loaded] == \
+        [(s.name, s.path, s.consumers, s.kind) for s in fixture_specs(proj)]
+
+
+# --------------------------------------------------------------------------------------------
+# idempotence, check mode, never overwrite
+# --------------------------------------------------------------------------------------------
+
+def test_second_run_changes_nothing(proj):
+    project = fixture_project(proj)
+    first = run(fixture_specs(proj), proj / "secrets", project)
+    assert first.changed
+    before = snapshot(proj / "secrets")
+    again = run(fixture_specs(proj), proj / "secrets", project)
+    assert not again.changed and snapshot(proj / "secrets") == before
+    assert all(i.action == "ok" for i in again.items)
+
+
+def test_plan_alone_is_check_mode_and_writes_nothing(proj):
+    before = snapshot(proj)
+    p = core.plan(fixture_specs(proj), str(proj / "secrets"), fixture_project(proj))
+    assert p.changed and snapshot(proj) == before
+    diff = p.diff()
+    assert "app_password: generated" in diff["after"]
+
+
+def test_results_and_diff_never_carry_values(proj):
+    p = run(fixture_specs(proj), proj / "secrets", fixture_project(proj), rotate=[])
+    text = repr(p.results()) + repr(p.diff()) + repr(p.warnings)
+    for dirpath, _, files in os.walk(proj / "secrets"):
+        for f in files:
+            value = (Path(dirpath) / f).read_text().strip()
+            for line in value.splitlines():
+                if len(line) >= 16:
+                    assert line not in text
+
+
+def test_existing_value_is_never_overwritten(tmp_path):
+    d = tmp_path / "secrets"
+    d.mkdir()
+    (d / "s").write_bytes(b"short-but-mine")
+    p = run([one(tmp_path)], d)
+    assert (d / "s").read_bytes() == b"short-but-mine"
+    assert p.items[0].action == "ok"
+
+
+def test_empty_file_and_docker_empty_dir_count_as_missing(tmp_path):
+    d = tmp_path / "secrets"
+    d.mkdir()
+    (d / "a").write_bytes(b"\n")
+    (d / "b").mkdir()
+    specs = core.build_specs(None, {"a": {"file": "a"}, "b": {"file": "b"}}, str(d))
+    p = run(specs, d)
+    assert [i.action for i in p.items] == ["generated", "generated"]
+    assert len((d / "a").read_bytes()) == 32 and (d / "b").is_file()
+
+
+def test_permission_drift_is_fixed_without_touching_content(tmp_path):
+    d = tmp_path / "secrets"
+    run([one(tmp_path)], d)
+    value = (d / "s").read_bytes()
+    os.chmod(d / "s", 0o644)
+    os.chown(d / "s", 1234, 1234)
+    os.chmod(d, 0o755)  # noqa: S103 - the drift under test
+    p = run([one(tmp_path)], d)
+    item = p.items[0]
+    assert item.action == "ok" and item.permissions and p.changed
+    st = os.stat(d / "s")
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, 0, 0o400)
+    assert (d / "s").read_bytes() == value
+    assert stat.S_IMODE(os.stat(d).st_mode) == 0o750
+
+
+def test_missing_public_key_is_rewritten_from_the_private_key(tmp_path):
+    s = one(tmp_path, kind="ed25519")
+    run([s], tmp_path / "secrets")
+    pub = (tmp_path / "secrets/s.pub").read_bytes()
+    (tmp_path / "secrets/s.pub").unlink()
+    p = run([s], tmp_path / "secrets")
+    assert p.items[0].action == "ok" and p.items[0].public is not None
+    assert (tmp_path / "secrets/s.pub").read_bytes() == pub
+
+
+def test_stale_temp_files_of_a_crashed_writer_are_removed(tmp_path):
+    d = tmp_path / "secrets"
+    run([one(tmp_path)], d)
+    (d / ".s.tmp999.0").write_bytes(b"partial")
+    p = run([one(tmp_path)], d)
+    assert p.changed and not (d / ".s.tmp999.0").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# rotation, history, restore
+# --------------------------------------------------------------------------------------------
+
+def test_rotation_keeps_history_and_reports_consumers(proj):
+    project = fixture_project(proj)
+    run(fixture_specs(proj), proj / "secrets", project)
+    old = (proj / "secrets/shared_token").read_bytes()
+    p = run(fixture_specs(proj), proj / "secrets", project, rotate=["shared_token"])
+    new = (proj / "secrets/shared_token").read_bytes()
+    assert new != old
+    assert p.recreate_services() == ["app", "worker"]
+    assert [i.spec.name for i in p.items if i.action == "rotated"] == ["shared_token"]
+    hist = core.history_entries(str(proj / "secrets"), "shared_token")
+    assert any(h.endswith("-rotated-out") and Path(h).read_bytes() == old for h in hist)
+    for h in hist:
+        assert stat.S_IMODE(os.stat(h).st_mode) == 0o400
+        assert re.match(r"\d{8}T\d{6}\.\d{6}Z-\d+-", os.path.basename(h))
+    assert stat.S_IMODE(os.stat(proj / "secrets/.history").st_mode) == 0o700
+    # mode/owner of the new file are those of the old one
+    st = os.stat(proj / "secrets/shared_token")
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (1000, 1000, 0o440)
+    assert not run(fixture_specs(proj), proj / "secrets", project).changed
+
+
+def test_deleted_persistent_secret_is_restored_from_history_not_regenerated(tmp_path):
+    d = tmp_path / "secrets"
+    s = one(tmp_path, persistent=True)
+    run([s], d)
+    run([s], d, rotate=["s"])
+    current = (d / "s").read_bytes()
+    (d / "s").unlink()
+    p = run([s], d)
+    assert p.items[0].action == "restored" and (d / "s").read_bytes() == current
+    assert any("restored" in w and "persistent" in w for w in p.warnings)
+
+
+def test_pre_existing_persistent_value_is_recorded_once(tmp_path):
+    d = tmp_path / "secrets"
+    d.mkdir()
+    (d / "s").write_bytes(b"set-by-a-person-long-enough")
+    p = run([one(tmp_path)], d)
+    assert p.changed and p.items[0].action == "ok" and p.items[0].history
+    assert not run([one(tmp_path)], d).changed
+    (d / "s").unlink()
+    run([one(tmp_path)], d)
+    assert (d / "s").read_bytes() == b"set-by-a-person-long-enough"
+
+
+def test_deleted_non_persistent_secret_is_regenerated_with_a_warning(tmp_path):
+    d = tmp_path / "secrets"
+    s = one(tmp_path, persistent=False)
+    run([s], d)
+    run([s], d, rotate=["s"])
+    old = (d / "s").read_bytes()
+    (d / "s").unlink()
+    p = run([s], d)
+    assert p.items[0].action == "generated" and (d / "s").read_bytes() != old
+    assert any("history" in w for w in p.warnings)
+
+
+def test_restore_rolls_back_to_the_previous_value(tmp_path):
+    d = tmp_path / "secrets"
+    s = one(tmp_path)
+    run([s], d)
+    first = (d / "s").read_bytes()
+    run([s], d, rotate=["s"])
+    p = run([s], d, restore=["s"])
+    assert p.items[0].action == "rolled-back" and (d / "s").read_bytes() == first
+
+
+def test_seed_from_controller_store_fills_missing_and_never_overwrites(tmp_path):
+    d = tmp_path / "secrets"
+    specs = core.build_specs(None, {"a": {"file": "a"}, "b": {"file": "b"}}, str(d))
+    d.mkdir()
+    (d / "b").write_bytes(b"host-value-long-enough")
+    p = run(specs, d, seed={"a": "from-store-value-long", "b": "different-store-value"})
+    assert (d / "a").read_bytes() == b"from-store-value-long" and p.items[0].action == "restored"
+    assert (d / "b").read_bytes() == b"host-value-long-enough"
+    assert any("differs from the controller store" in w for w in p.warnings)
+    assert "different-store-value" not in repr(p.results()) + repr(p.warnings)
+
+
+# --------------------------------------------------------------------------------------------
+# provided secrets
+# --------------------------------------------------------------------------------------------
+
+def test_missing_provided_secrets_fail_first_listing_each_and_writing_nothing(proj):
+    reg = {**REGISTRY, "smtp_password": {"kind": "provided", "hint": "SMTP relay app password"},
+           "legacy_key": {"kind": "provided"}}
+    specs = core.build_specs(fixture_project(proj), reg, str(proj / "secrets"))
+    before = snapshot(proj)
+    with pytest.raises(HyHomeError) as e:
+        core.plan(specs, str(proj / "secrets"), fixture_project(proj))
+    assert "2 provided secret(s) missing" in e.value.msg
+    assert str(proj / "secrets/common/smtp_password") in e.value.msg
+    assert str(proj / "secrets/gateway/legacy_key") in e.value.msg
+    assert "SMTP relay app password" in e.value.msg and "read by gateway" in e.value.msg
+    assert snapshot(proj) == before
+
+
+def test_optional_provided_gets_a_placeholder_and_a_warning_each_run(tmp_path):
+    d = tmp_path / "secrets"
+    s = one(tmp_path, kind="provided", optional=True)
+    p = run([s], d)
+    assert p.items[0].action == "placeholder-written" and core.is_placeholder((d / "s").read_bytes())
+    again = run([s], d)
+    assert not again.changed and again.warnings
+    (d / "s").chmod(0o600)
+    (d / "s").write_bytes(b"the-real-one")
+    assert not run([s], d).warnings and (d / "s").read_bytes() == b"the-real-one"
+
+
+def test_provided_value_present_is_used(tmp_path):
+    d = tmp_path / "secrets"
+    d.mkdir()
+    (d / "s").write_bytes(b"given")
+    p = run([one(tmp_path, kind="provided")], d)
+    assert p.items[0].action == "ok" and not p.warnings
+
+
+# --------------------------------------------------------------------------------------------
+# bad input: clear error, nothing written
+# --------------------------------------------------------------------------------------------
+
+BAD_REGISTRY = [
+    ({"s": {"kind": "nope", "file": "s"}}, "unknown kind 'nope'"),
+    ({"s": {"length": 8, "file": "s"}}, "below the floor of 16"),
+    ({"s": {"kind": "hex", "length": 16, "file": "s"}}, "below the floor of 32"),
+    ({"s": {"kind": "token", "length": 8, "file": "s"}}, "below the floor of 16 random bytes"),
+    ({"s": {"length": 20, "charset": "ab", "file": "s"}}, "bits of entropy"),
+    ({"s": {"charset": "", "file": "s"}}, "charset is empty"),
+    ({"s": {"charset": [], "file": "s"}}, "charset is empty"),
+    ({"s": {"kind": "rsa", "size": 1024, "file": "s"}}, "below the floor of 2048"),
+    ({"s": {"file": "../outside"}}, "outside"),
+    ({"s": {"file": "/etc/passwd"}}, "outside"),
+    ({"s": {"file": ".history/x"}}, "history"),
+    ({"s": {"kind": "htpasswd", "source": "missing", "file": "s"}}, "source secret 'missing' is not declared"),
+    ({"s": {"kind": "htpasswd", "file": "s"}}, "needs 'source'"),
+    ({"s": {"kind": "htpasswd", "source": "s2", "scheme": "md5", "file": "s"}, "s2": {"file": "s2"}},
+     "unknown htpasswd scheme"),
+    ({"s": {"kind": "htpasswd", "source": "s2", "rounds": 4, "file": "s"}, "s2": {"file": "s2"}},
+     "below the floor of 10"),
+    ({"s": {"mode": "0644", "file": "s"}}, "every user"),
+    ({"s": {"mode": "0600", "file": "s"}}, "writable"),
+    ({"s": {"mode": "rw", "file": "s"}}, "not an octal file mode"),
+    ({"s": {"lenght": 40, "file": "s"}}, "unknown key(s) lenght"),
+    ({"s": {"optional": True, "file": "s"}}, "optional applies to kind provided only"),
+    ({"s": "password"}, "must be a mapping"),
+    ({"a": {"file": "x"}, "b": {"file": "x"}}, "both use the file"),
+]
+
+
+@pytest.mark.parametrize(("registry", "message"), BAD_REGISTRY)
+def test_bad_registry_is_refused(tmp_path, registry, message):
+    before = snapshot(tmp_path)
+    with pytest.raises(HyHomeError) as e:
+        specs = core.build_specs(None, registry, str(tmp_path / "secrets"))
+        core.plan(specs, str(tmp_path / "secrets"))
+    assert message in e.value.msg
+    assert snapshot(tmp_path) == before
+
+
+def test_compose_secret_outside_the_secrets_tree_is_refused(proj):
+    project = fixture_project(proj)
+    project.secrets["app_password"] = ComposeSecret("app_password", str(proj / "secrets/../app_password"))
+    with pytest.raises(HyHomeError, match="outside"):
+        core.build_specs(project, {}, str(proj / "secrets"))
+
+
+def test_symlinked_secret_file_pointing_elsewhere_is_refused(tmp_path):
+    d = tmp_path / "secrets"
+    d.mkdir()
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"not yours")
+    (d / "s").symlink_to(target)
+    before = snapshot(tmp_path)
+    with pytest.raises(HyHomeError, match="symlink"):
+        core.plan(core.build_specs(None, {"s": {"file": "s"}}, str(d)), str(d))
+    assert snapshot(tmp_path) == before and target.read_bytes() == b"not yours"
+
+
+def test_symlinked_directory_escaping_the_tree_is_refused(tmp_path):
+    d = tmp_path / "secrets"
+    d.mkdir()
+    (tmp_path / "other").mkdir()
+    (d / "sub").symlink_to(tmp_path / "other")
+    with pytest.raises(HyHomeError, match="symlink"):
+        core.build_specs(None, {"s": {"file": "sub/s"}}, str(d))
+
+
+def test_unknown_owner_is_refused_before_writing(tmp_path):
+    before = snapshot(tmp_path)
+    with pytest.raises(HyHomeError, match="unknown owner 'no-such-user-hyhome'"):
+        core.plan([one(tmp_path, owner="no-such-user-hyhome")], str(tmp_path / "secrets"))
+    with pytest.raises(HyHomeError, match="unknown group"):
+        core.plan([one(tmp_path, group="no-such-group-hyhome")], str(tmp_path / "secrets"))
+    assert snapshot(tmp_path) == before
+
+
+def test_user_name_only_the_image_knows_is_refused(proj):
+    project = fixture_project(proj)
+    project.services["db"].user = "postgres"
+    with pytest.raises(HyHomeError, match=r"postgres.*numeric"):
+        core.plan(fixture_specs(proj), str(proj / "secrets"), project)
+
+
+def test_derived_secret_whose_source_has_no_value_is_refused(tmp_path):
+    reg = {"src": {"kind": "provided", "optional": True, "file": "src"},
+           "ht": {"kind": "htpasswd", "source": "src", "file": "ht"}}
+    before = snapshot(tmp_path)
+    with pytest.raises(HyHomeError, match="source src has no value"):
+        core.plan(core.build_specs(None, reg, str(tmp_path / "secrets")), str(tmp_path / "secrets"))
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize(("kw", "message"), [
+    ({"rotate": ["nope"]}, "not a managed secret"),
+    ({"restore": ["nope"]}, "not a managed secret"),
+    ({"rotate": ["smtp_password"]}, "provided secret"),
+    ({"rotate": ["gateway_htpasswd"]}, "rotate gateway_admin_password instead"),
+    ({"rotate": ["app_password"], "restore": ["app_password"]}, "cannot rotate and restore"),
+    ({"restore": ["app_password"]}, "no earlier value"),
+])
+def test_bad_rotation_requests(proj, kw, message):
+    project = fixture_project(proj)
+    if "no earlier value" in message:
+        run(fixture_specs(proj), proj / "secrets", project)
+    before = snapshot(proj)
+    with pytest.raises(HyHomeError, match=message):
+        core.plan(fixture_specs(proj), str(proj / "secrets"), project, **kw)
+    assert snapshot(proj) == before
+
+
+def test_dangerous_secrets_dir_is_refused():
+    with pytest.raises(HyHomeError, match="system"):
+        core.plan([], "/etc")
+
+
+def test_non_empty_directory_at_a_secret_path_is_refused(tmp_path):
+    d = tmp_path / "secrets" / "s"
+    d.mkdir(parents=True)
+    (d / "x").write_text("x")
+    with pytest.raises(HyHomeError, match="non-empty directory"):
+        core.plan([one(tmp_path)], str(tmp_path / "secrets"))
+
+
+def test_unknown_consumer_override_is_refused(proj):
+    reg = {**REGISTRY, "db_password": {"consumers": ["nosuchservice"]}}
+    with pytest.raises(HyHomeError, match="nosuchservice"):
+        core.plan(core.build_specs(fixture_project(proj), reg, str(proj / "secrets")), str(proj / "secrets"),
+                  fixture_project(proj))
+
+
+def test_unused_registry_entries_are_reported(proj):
+    reg = {**REGISTRY, "typo_secret": {"kind": "hex"}}
+    specs = core.build_specs(fixture_project(proj), reg, str(proj / "secrets"))
+    assert core.unused_registry_entries(specs, reg) == ["typo_secret"]
