@@ -10,8 +10,8 @@ Per-service policy declarations live in the service's ``x-hyhome`` extension::
       db:
         x-hyhome:
           writable: [/var/lib/postgresql/data]   # bind-mount targets the service may write
-          exceptions:                            # rule id -> the written reason
-            security-non-root: "the entrypoint chowns the data dir, then drops to uid 999"
+          exceptions:                            # rule id -> the written reason ("security-"
+            security-non-root: "the entrypoint chowns the data dir, then drops to uid 999"   # may be left out)
 
 A finding covered by an exception is still reported, with ``accepted`` set to the reason; it does
 not count as an error. An exception without a reason, or for an unknown rule, is itself reported.
@@ -388,6 +388,13 @@ def _check_security(project: Project) -> list[Finding]:
     return out
 
 
+def _rule_id(key: str) -> str | None:
+    """A rule id from an exception key: the id itself, or a security rule without its prefix."""
+    if key in RULES:
+        return key
+    return f"security-{key}" if f"security-{key}" in RULES else None
+
+
 def _apply_exceptions(project: Project, findings: list[Finding]) -> list[Finding]:
     """Mark findings covered by a service's declared exception; report bad declarations."""
     declared: dict[str, dict[str, str]] = {}
@@ -407,11 +414,12 @@ def _apply_exceptions(project: Project, findings: list[Finding]) -> list[Finding
                                  "x-hyhome.exceptions is not a mapping of rule id to reason",
                                  "write exceptions: {security-non-root: \"why\"}"))
             exceptions = {}
-        for rule, reason in exceptions.items():
-            if rule not in RULES:
-                extra.append(Finding("warning", "x-hyhome", svc.name, file, line,
-                                     f"exception for unknown rule {rule}",
-                                     "use one of: " + ", ".join(sorted(RULES))))
+        for key, reason in exceptions.items():
+            rule = _rule_id(str(key))
+            if rule is None:  # other roles may own it (e.g. a verify rule): tell, don't warn
+                extra.append(Finding("info", "x-hyhome", svc.name, file, line,
+                                     f"exception for {key}, which is not a validate rule (ignored here)",
+                                     "validate rules: " + ", ".join(sorted(RULES))))
             elif not isinstance(reason, str) or not reason.strip():
                 extra.append(Finding("warning", "x-hyhome", svc.name, file, line,
                                      f"exception for {rule} has no written reason, so it is not applied",
@@ -589,7 +597,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="validate-docker-compose.sh",
                                      description="Static checks of a Docker Compose project (AC-2).")
-    parser.add_argument("project_dir", nargs="?", default=".")
+    parser.add_argument("project_dir", nargs="?", default=os.environ.get("HYHOME_PROJECT_DIR") or ".",
+                        help="the compose project (default: $HYHOME_PROJECT_DIR, else the current directory)")
     parser.add_argument("--json", dest="json_path", help="also write the report as JSON to this path")
     parser.add_argument("-f", "--file", dest="files", action="append", help="compose file (repeatable)")
     parser.add_argument("--env-file", help="env file for interpolation (default: PROJECT_DIR/.env)")

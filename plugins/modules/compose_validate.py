@@ -28,8 +28,9 @@ description:
 version_added: 0.1.0
 author: Hy-Home Bootstrap maintainers
 requirements:
-  - docker CLI with the Compose v2 plugin
-  - yamllint (Python library)
+  - docker CLI with the Compose v2 plugin (C(docker compose config) needs no running daemon)
+  - PyYAML
+  - yamllint (when O(yamllint=true))
 options:
   project_dir:
     description: The directory holding the root compose file (C(compose.yaml), C(docker-compose.yml), ...).
@@ -156,9 +157,23 @@ source:
   sample: config
 """
 
-from ansible.module_utils.basic import AnsibleModule  # noqa: E402
-from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_validate import render_table, run  # noqa: E402
+import traceback  # noqa: E402
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib  # noqa: E402
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyHomeError  # noqa: E402
+
+try:  # PyYAML (compose model) must exist where the module runs
+    from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_validate import render_table, run
+except ImportError:
+    YAML_IMPORT_ERROR = traceback.format_exc()
+else:
+    YAML_IMPORT_ERROR = None
+try:
+    import yamllint  # noqa: F401
+except ImportError:
+    YAMLLINT_IMPORT_ERROR = traceback.format_exc()
+else:
+    YAMLLINT_IMPORT_ERROR = None
 
 
 def main():
@@ -175,6 +190,11 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
+    if YAML_IMPORT_ERROR:
+        module.fail_json(msg=missing_required_lib("PyYAML (Debian: python3-yaml)"), exception=YAML_IMPORT_ERROR)
+    if p["yamllint"] and YAMLLINT_IMPORT_ERROR:
+        module.fail_json(msg=missing_required_lib("yamllint (Debian: yamllint), or set yamllint=false"),
+                         exception=YAMLLINT_IMPORT_ERROR)
     try:
         project, _, report = run(p["project_dir"], files=p["files"] or None, env_file=p["env_file"],
                                  profiles=p["profiles"], docker=p["docker"], yamllint=p["yamllint"],
