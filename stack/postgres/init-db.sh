@@ -11,7 +11,7 @@ set -euo pipefail
 timeout_s=${INIT_TIMEOUT_SECONDS:-300}
 deadline=$((SECONDS + timeout_s))
 : "${APP_DB_NAME:?}" "${APP_DB_USER:?}" "${POSTGRES_PASSWORD_FILE:?}" "${APP_DB_PASSWORD_FILE:?}"
-export PGCONNECT_TIMEOUT=3
+export PGCONNECT_TIMEOUT=2
 
 log() { echo "postgres-init: $*" >&2; }
 
@@ -23,14 +23,17 @@ export PGPASSWORD
 
 delay_ms=250
 attempt=0
-until psql -X -q -t -c 'SELECT 1' >/dev/null 2>&1; do
+# Each try is bounded too (an unresolvable host can block a connection for many seconds).
+until timeout 3 psql -X -q -t -c 'SELECT 1' >/dev/null 2>&1; do
   attempt=$((attempt + 1))
-  if ((SECONDS >= deadline)); then
+  remaining=$((deadline - SECONDS))
+  if ((remaining <= 0)); then
     log "database ${PGHOST:-postgres} not reachable after ${timeout_s}s ($attempt attempts): giving up"
     exit 1
   fi
   jitter_ms=$((RANDOM % (delay_ms / 2 + 1)))
   sleep_ms=$((delay_ms + jitter_ms))
+  ((sleep_ms > remaining * 1000)) && sleep_ms=$((remaining * 1000))
   log "waiting for the database (attempt $attempt, next try in ${sleep_ms} ms)"
   sleep "$((sleep_ms / 1000)).$(printf '%03d' $((sleep_ms % 1000)))"
   delay_ms=$((delay_ms * 2 > 8000 ? 8000 : delay_ms * 2))
