@@ -159,13 +159,13 @@ def hyhome_ext(service) -> dict:
 
 def init_services(project) -> set[str]:
     """One-shot services: others depend on them with ``service_completed_successfully``, or they
-    declare ``restart: "no"`` explicitly, or ``x-hyhome: {init: true}``."""
+    declare ``restart: "no"`` explicitly, or ``x-hyhome: {kind: init}`` (or ``init: true``)."""
     out = set()
     for svc in project.services.values():
         for dep, cond in (svc.depends_on or {}).items():
             if (cond or {}).get("condition") == "service_completed_successfully":
                 out.add(dep)
-        if hyhome_ext(svc).get("init") is True:
+        if hyhome_ext(svc).get("init") is True or hyhome_ext(svc).get("kind") == "init":
             out.add(svc.name)
         if svc.restart in ("no", '"no"'):
             out.add(svc.name)

@@ -1,0 +1,254 @@
+#!/usr/bin/python
+"""Ansible module: read-only checks of a running Compose stack."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: stack_verify
+short_description: Verify a running Compose stack (health, security baseline, TLS, memory)
+version_added: "0.1.0"
+description:
+  - Read-only checks of a running Compose project, after bring-up. It never changes anything and
+    always returns C(changed=false).
+  - C(health) - every service ready. Long-running services healthy (running when they have no
+    healthcheck), one-shot init services exited 0. Waits up to O(settle_timeout) for services still
+    starting.
+  - C(security) - on every container, from C(docker inspect). SecurityOpt has no-new-privileges, CapDrop
+    has ALL, Config.User is not root, no host pid/network/ipc namespace, not privileged, a memory limit.
+    Per-service accepted exceptions come from C(x-hyhome.exceptions) in the compose files (rule id to
+    written reason, the ids of the validate role). They are reported with their reason, not silenced.
+  - C(tls) - at each endpoint, trusting only the local CA (O(tls_ca_file)). The chain and the host name
+    verify, and TLS 1.0 and 1.1 are refused (reported as untestable when the local OpenSSL cannot offer them).
+  - C(memory) - sum of the memory limits and of the current usage of running containers against host
+    memory (the engine's C(MemTotal)). Usage above O(memory_ceiling_percent) fails.
+author: Hy-Home Bootstrap maintainers
+requirements:
+  - the Python C(docker) SDK on the managed host
+  - Docker Engine with the Compose v2 CLI plugin (to load the project model)
+attributes:
+  check_mode:
+    support: full
+    description: The checks are read-only; check mode runs them all.
+  diff_mode:
+    support: none
+    description: Nothing changes, so there is nothing to diff.
+  idempotent:
+    support: full
+    description: Never changes anything.
+options:
+  project_dir:
+    description: Directory of the Compose project.
+    type: path
+    required: true
+  project_name:
+    description: Compose project name. Default is the name Compose derives.
+    type: str
+  files:
+    description: Compose files, relative to O(project_dir). Default is Compose's own lookup.
+    type: list
+    elements: path
+  env_file:
+    description: Alternative env file for interpolation.
+    type: path
+  profiles:
+    description: Profiles to activate.
+    type: list
+    elements: str
+    default: []
+  checks:
+    description: Which checks to run.
+    type: list
+    elements: str
+    choices: [health, security, tls, memory]
+    default: [health, security, tls, memory]
+  settle_timeout:
+    description: Seconds to wait for services still starting before judging health (0 to judge at once).
+    type: int
+    default: 60
+  tls_endpoints:
+    description:
+      - TLS endpoints to probe. Each has C(host), C(port) and C(server_name) (the SNI and the name the
+        certificate must match).
+      - Default is one endpoint per O(tls_server_names) on O(tls_host) and O(tls_port).
+    type: list
+    elements: dict
+    default: []
+  tls_host:
+    description: Address of the gateway.
+    type: str
+    default: 127.0.0.1
+  tls_port:
+    description: TLS port of the gateway.
+    type: int
+    default: 443
+  tls_server_names:
+    description: Host names the gateway serves.
+    type: list
+    elements: str
+    default: [localhost]
+  tls_ca_file:
+    description: The local CA certificate, the only trust anchor. Default is C(<project_dir>/secrets/certs/rootCA.pem).
+    type: path
+  tls_timeout:
+    description: Seconds per TLS connection attempt.
+    type: int
+    default: 5
+  memory_ceiling_percent:
+    description: Ceiling of the containers' total current memory use, in percent of host memory.
+    type: float
+    default: 20
+  fail_on:
+    description: Fail on error findings (V(error)), also on warnings (V(warning)), or never (V(never)).
+    type: str
+    choices: [error, warning, never]
+    default: error
+"""
+
+EXAMPLES = r"""
+- name: Verify the running stack
+  hyhome.bootstrap.stack_verify:
+    project_dir: /srv/hyhome
+    tls_port: 443
+    tls_server_names: [hyhome.localhost, api.hyhome.localhost]
+
+- name: Security baseline only, report without failing
+  hyhome.bootstrap.stack_verify:
+    project_dir: /srv/hyhome
+    checks: [security]
+    fail_on: never
+  register: audit
+"""
+
+RETURN = r"""
+findings:
+  description: Every finding (check, rule, severity, message, service, container, accepted reason).
+  returned: always
+  type: list
+  elements: dict
+summary:
+  description: Counts of errors, warnings, accepted findings and passed checks.
+  returned: always
+  type: dict
+  sample: {errors: 0, warnings: 1, accepted: 2, passed: 14}
+table:
+  description: The findings as a human table, errors first.
+  returned: always
+  type: str
+memory:
+  description: Host total, limit and usage sums (bytes), percentages, per-container figures.
+  returned: when the memory check ran
+  type: dict
+tls:
+  description: Per endpoint, the probe result (verified, negotiated version, cipher, refused legacy versions).
+  returned: when the tls check ran
+  type: list
+  elements: dict
+"""
+
+import os  # noqa: E402
+from dataclasses import asdict  # noqa: E402
+
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402 - after the documentation, as Ansible expects
+from ansible_collections.hyhome.bootstrap.plugins.module_utils import compose_up as cu  # noqa: E402
+from ansible_collections.hyhome.bootstrap.plugins.module_utils import stack_verify as sv  # noqa: E402
+from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_model import load_project  # noqa: E402
+from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyHomeError  # noqa: E402
+
+
+def run(p: dict) -> dict:
+    project = load_project(p["project_dir"], files=p["files"], env_file=p["env_file"], profiles=p["profiles"])
+    if project.config_error:
+        raise HyHomeError(f"docker compose rejects the project in {p['project_dir']}:\n{project.config_error}")
+    if p["project_name"]:
+        project.name = p["project_name"]
+    try:
+        import docker
+    except ImportError as exc:
+        raise HyHomeError("the Python 'docker' SDK is missing on the managed host: pip install docker") from exc
+    try:
+        client = docker.from_env()
+        client.ping()
+    except Exception as exc:
+        raise HyHomeError(f"cannot reach the Docker engine: {exc}") from exc
+
+    checks = set(p["checks"])
+    result: dict = {"changed": False, "project": project.name}
+
+    def fetch():
+        return cu.by_service(sv.collect(client, project.name, want_stats=False)[0])
+
+    if "health" in checks and p["settle_timeout"] > 0:
+        sv.wait_settled(project, fetch, p["settle_timeout"])
+    inspects, stats, host_total = sv.collect(client, project.name, want_stats="memory" in checks)
+    if not inspects:
+        raise HyHomeError(f"no containers of compose project {project.name}: is the stack up "
+                          f"(and is project_name right)?")
+    findings: list[sv.Finding] = []
+    if "health" in checks:
+        findings += sv.check_health(project, cu.by_service(inspects))
+    if "security" in checks:
+        for attrs in inspects:
+            findings += sv.check_security(attrs)
+    if "memory" in checks:
+        report, found = sv.check_memory(inspects, stats, host_total, p["memory_ceiling_percent"])
+        findings += found
+        result["memory"] = asdict(report) | {"usage_percent": round(report.usage_percent, 2),
+                                             "limit_percent": round(report.limit_percent, 2)}
+    if "tls" in checks:
+        ca = p["tls_ca_file"] or os.path.join(project.working_dir, "secrets", "certs", "rootCA.pem")
+        endpoints = p["tls_endpoints"] or [{"host": p["tls_host"], "port": p["tls_port"], "server_name": n}
+                                           for n in p["tls_server_names"]]
+        probes = []
+        for ep in endpoints:
+            host = str(ep.get("host") or p["tls_host"])
+            port = int(ep.get("port") or p["tls_port"])
+            name = str(ep.get("server_name") or host)
+            probes.append(sv.probe_tls(host, port, name, ca, timeout=float(p["tls_timeout"])))
+        findings += sv.check_tls(probes)
+        result["tls"] = [asdict(x) for x in probes]
+    sv.apply_exceptions(findings, sv.declared_exceptions(project))
+    result["findings"] = sv.findings_as_dicts(findings)
+    result["summary"] = sv.summarize(findings)
+    result["table"] = sv.render_table(findings)
+    return result
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            project_dir=dict(type="path", required=True),
+            project_name=dict(type="str"),
+            files=dict(type="list", elements="path"),
+            env_file=dict(type="path"),
+            profiles=dict(type="list", elements="str", default=[]),
+            checks=dict(type="list", elements="str", choices=list(sv.CHECKS), default=list(sv.CHECKS)),
+            settle_timeout=dict(type="int", default=60),
+            tls_endpoints=dict(type="list", elements="dict", default=[]),
+            tls_host=dict(type="str", default="127.0.0.1"),
+            tls_port=dict(type="int", default=443),
+            tls_server_names=dict(type="list", elements="str", default=["localhost"]),
+            tls_ca_file=dict(type="path"),
+            tls_timeout=dict(type="int", default=5),
+            memory_ceiling_percent=dict(type="float", default=20.0),
+            fail_on=dict(type="str", choices=["error", "warning", "never"], default="error"),
+        ),
+        supports_check_mode=True,
+    )
+    try:
+        result = run(module.params)
+    except HyHomeError as e:
+        module.fail_json(msg=e.msg)
+    s = result["summary"]
+    fail_on = module.params["fail_on"]
+    if (fail_on in ("error", "warning") and s["errors"]) or (fail_on == "warning" and s["warnings"]):
+        blocking = [f for f in result["findings"] if not f["accepted"] and
+                    (f["severity"] == "error" or (fail_on == "warning" and f["severity"] == "warning"))]
+        lines = [f"{f['check']} {f['service'] or '-'}: {f['message']}" for f in blocking]
+        module.fail_json(msg=f"stack verification failed: {s['errors']} error(s), {s['warnings']} warning(s)\n"
+                         + "\n".join(lines), **result)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
