@@ -17,6 +17,8 @@ while it is still right (mkcert re-issues on every run).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
 import getpass
 import glob
@@ -26,6 +28,7 @@ import os
 import re
 import secrets
 import socket
+import ssl
 from dataclasses import dataclass
 
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyHomeError
@@ -737,6 +740,10 @@ def cert_to_pem(cert) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
+def cert_to_der(cert) -> bytes:
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
 # --------------------------------------------------------------------------------------------
 # Trust stores
 
@@ -782,14 +789,32 @@ def detect_system_store(which) -> TrustStore | None:
     return None
 
 
-def bundle_contains(bundle_pem: bytes, cert) -> bool:
-    """Whether a PEM bundle holds ``cert`` (compared by DER, whatever the text around it)."""
-    der = cert.public_bytes(serialization.Encoding.DER)
-    try:
-        certs = x509.load_pem_x509_certificates(bundle_pem)
-    except ValueError:
-        return False
-    return any(c.public_bytes(serialization.Encoding.DER) == der for c in certs)
+# Trust installation runs on hosts that may lack ``cryptography``: the helpers below need only the stdlib.
+_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----(.+?)-----END CERTIFICATE-----", re.S)
+
+
+def pem_certificates_der(data: bytes) -> list[bytes]:
+    """DER of every PEM certificate block in ``data`` (comments and other text ignored)."""
+    out = []
+    for match in _PEM_CERT.finditer(data or b""):
+        try:
+            out.append(base64.b64decode(b"".join(match.group(1).split()), validate=True))
+        except (binascii.Error, ValueError):
+            continue
+    return out
+
+
+def der_to_pem(der: bytes) -> bytes:
+    return ssl.DER_cert_to_PEM_cert(der).encode()
+
+
+def der_fingerprint(der: bytes) -> str:
+    return colon_hex(hashlib.sha256(der).digest())
+
+
+def bundle_contains(bundle_pem: bytes, der: bytes) -> bool:
+    """Whether a PEM bundle holds the certificate ``der`` (compared by DER, whatever the text around it)."""
+    return der in pem_certificates_der(bundle_pem)
 
 
 def nss_databases(home: str) -> list[str]:

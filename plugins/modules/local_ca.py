@@ -27,7 +27,7 @@ description:
 version_added: 0.1.0
 author: Hy-Home Bootstrap maintainers
 requirements:
-  - cryptography >= 42.0
+  - cryptography >= 42.0 (for O(state=present); O(state=trusted) and O(state=untrusted) need only Python)
 options:
   path:
     description:
@@ -180,6 +180,10 @@ certificate:
   description: The CA certificate in PEM (public).
   returned: when the certificate exists (not in check mode before creation)
   type: str
+fingerprint_sha256:
+  description: SHA-256 fingerprint of the CA certificate.
+  returned: when the certificate exists
+  type: str
 created:
   description: Whether a new CA was (or in check mode would be) created.
   returned: when O(state=present)
@@ -195,7 +199,7 @@ drift:
   elements: str
 ca:
   description: Public facts on the CA certificate.
-  returned: when the certificate exists
+  returned: when the certificate exists and C(cryptography) is installed
   type: dict
   contains:
     subject: {description: RFC 4514 subject., type: str}
@@ -341,7 +345,10 @@ def _describe(status):
 
 
 class Trust:
-    """Installs or removes one CA certificate in the system store and NSS databases."""
+    """Installs or removes one CA certificate (as DER) in the system store and NSS databases.
+
+    Needs only the standard library: hosts that merely trust the CA need no ``cryptography``.
+    """
 
     def __init__(self, module, name):
         self.module = module
@@ -357,7 +364,7 @@ class Trust:
             raise HyHomeError(f"{' '.join(argv)} failed (rc={rc}): {(err or out).strip()}")
         return out
 
-    def system(self, cert, cert_pem, present):
+    def system(self, der, present):
         store = tls.detect_system_store(shutil.which)
         if store is None:
             self.module.warn(
@@ -367,20 +374,19 @@ class Trust:
             return
         anchor = store.anchor_path(self.name)
         current = _read(anchor)
-        bundle = _read(store.bundle) or b""
-        in_bundle = tls.bundle_contains(bundle, cert) if cert is not None else False
+        in_bundle = der is not None and tls.bundle_contains(_read(store.bundle) or b"", der)
         if present:
-            need_file = current != cert_pem
+            pem = tls.der_to_pem(der)
+            need_file = current != pem
             need_update = need_file or not in_bundle
         else:
-            need_file = current is not None
-            need_update = need_file
+            need_file = need_update = current is not None
         entry = {"family": store.family, "anchor": anchor, "changed": need_update, "in_bundle": in_bundle}
         self.result["system"] = entry
         if current is not None:
-            self.diff_before.append(f"system anchor: {anchor}")
+            self.diff_before.append(f"system anchor {anchor}: {_anchor_label(current)}")
         if present:
-            self.diff_after.append(f"system anchor: {anchor}")
+            self.diff_after.append(f"system anchor {anchor}: {tls.der_fingerprint(der)}")
         if not need_update:
             return
         self.changed = True
@@ -389,9 +395,9 @@ class Trust:
         if present:
             os.makedirs(store.anchor_dir, mode=0o755, exist_ok=True)
             if need_file:
-                atomic_write(anchor, cert_pem, mode=0o644)
+                atomic_write(anchor, pem, mode=0o644)
             self._run(list(store.update_cmd))
-            entry["in_bundle"] = tls.bundle_contains(_read(store.bundle) or b"", cert)
+            entry["in_bundle"] = tls.bundle_contains(_read(store.bundle) or b"", der)
             if not entry["in_bundle"]:
                 raise HyHomeError(f"{' '.join(store.update_cmd)} ran but {store.bundle} does not contain the CA")
         else:
@@ -399,7 +405,7 @@ class Trust:
             self._run(list(store.remove_cmd or store.update_cmd))
             entry["in_bundle"] = False
 
-    def nss(self, cert, cert_path, present, databases):
+    def nss(self, der, cert_path, present, databases):
         certutil = shutil.which("certutil")
         if not certutil:
             return
@@ -407,19 +413,13 @@ class Trust:
         for db in dbs:
             spec = tls.nss_dbspec(db)
             rc, out, _err = self.module.run_command([certutil, "-L", "-d", spec, "-n", self.name, "-a"])
-            have = None
-            if rc == 0 and out.strip():
-                try:
-                    have = tls.load_cert(out.encode(), "NSS entry")
-                except HyHomeError:
-                    have = None
-            same = have is not None and cert is not None and tls.cert_fingerprint(have) == tls.cert_fingerprint(cert)
-            need = (not same) if present else rc == 0
+            have = tls.pem_certificates_der(out.encode()) if rc == 0 else []
+            need = (der not in have) if present else bool(have) or rc == 0
             self.result["nss"].append({"database": db, "changed": need})
             if rc == 0:
-                self.diff_before.append(f"nss: {db}")
+                self.diff_before.append(f"nss {db}: {tls.der_fingerprint(have[0]) if have else 'present'}")
             if present:
-                self.diff_after.append(f"nss: {db}")
+                self.diff_after.append(f"nss {db}: {tls.der_fingerprint(der)}")
             if not need:
                 continue
             self.changed = True
@@ -429,6 +429,23 @@ class Trust:
                 self._run([certutil, "-D", "-d", spec, "-n", self.name])
             if present:
                 self._run([certutil, "-A", "-d", spec, "-t", "C,,", "-n", self.name, "-i", cert_path])
+
+
+def _anchor_label(pem):
+    ders = tls.pem_certificates_der(pem)
+    return tls.der_fingerprint(ders[0]) if ders else "(not a certificate)"
+
+
+def _ca_facts(module, der, result):
+    """Expiry facts and the loud warning, when ``cryptography`` is there to read the certificate."""
+    if not tls.HAS_CRYPTOGRAPHY or der is None:
+        return
+    cert = tls.load_cert(tls.der_to_pem(der), "the CA certificate")
+    status = tls.ca_status(cert, warning_days=module.params["expiry_warning_days"])
+    result["ca"] = status
+    warning = tls.ca_warning(status)
+    if warning:
+        module.warn(warning)
 
 
 def main():
@@ -454,53 +471,51 @@ def main():
         ),
         supports_check_mode=True,
     )
-    if not tls.HAS_CRYPTOGRAPHY:
-        module.fail_json(msg=missing_required_lib("cryptography"), exception=str(tls.CRYPTOGRAPHY_IMPORT_ERROR))
     p = module.params
+    if p["state"] == "present" and not tls.HAS_CRYPTOGRAPHY:
+        module.fail_json(msg=missing_required_lib("cryptography"), exception=str(tls.CRYPTOGRAPHY_IMPORT_ERROR))
     try:
-        ca = LocalCA(module)
-        result = ca.result
-        diff = ca.diff
-        changed = False
-        cert = None
         if p["state"] == "present":
+            ca = LocalCA(module)
+            result, diff = ca.result, ca.diff
             cert = ca.ensure()
             changed = ca.changed
-            if cert is None and not module.check_mode:
-                raise HyHomeError("internal error: no CA certificate after creation")
+            der = tls.cert_to_der(cert) if cert is not None else None
+            cert_path = ca.cert_path
         else:
-            result.pop("key_path")
-            for k in ("created", "regenerated", "drift"):
-                result.pop(k)
-            if p["certificate_path"]:
-                result["certificate_path"] = os.path.abspath(p["certificate_path"])
-        cert_path = result["certificate_path"]
-        if cert is None and (p["state"] != "present" or os.path.exists(cert_path)):
+            cert_path = os.path.abspath(os.path.expanduser(
+                p["certificate_path"] or os.path.join(p["path"] or tls.default_ca_dir(), tls.CA_CERT_FILE)))
+            result = {"certificate_path": cert_path}
+            diff = {"before": "", "after": ""}
+            changed = False
             pem = _read(cert_path)
-            if pem is None and p["state"] == "trusted":
-                raise HyHomeError(f"cannot install trust: the CA certificate {cert_path} does not exist")
-            cert = tls.load_cert(pem, f"the CA certificate {cert_path}") if pem is not None else None
-        if cert is not None:
-            status = tls.ca_status(cert, warning_days=p["expiry_warning_days"])
-            result["ca"] = status
-            result["certificate"] = tls.cert_to_pem(cert).decode()
-            warning = tls.ca_warning(status)
-            if warning:
-                module.warn(warning)
-        manage_trust = p["state"] in ("trusted", "untrusted") or p["trust"]
-        if manage_trust:
+            ders = tls.pem_certificates_der(pem) if pem is not None else []
+            der = ders[0] if ders else None
+            if p["state"] == "trusted" and der is None:
+                if pem is not None:
+                    raise HyHomeError(f"cannot install trust: {cert_path} holds no PEM certificate")
+                if not module.check_mode:
+                    raise HyHomeError(f"cannot install trust: the CA certificate {cert_path} does not exist")
+                # Check mode before the copy exists (a first run): report that trust would be installed.
+                result["trust"] = {"system": {"changed": True}, "nss": []}
+                module.exit_json(changed=True, msg=f"{cert_path} does not exist yet: trust would be installed",
+                                 **result)
+        if der is not None:
+            result["certificate"] = tls.der_to_pem(der).decode()
+            result["fingerprint_sha256"] = tls.der_fingerprint(der)
+        _ca_facts(module, der, result)
+        if p["state"] in ("trusted", "untrusted") or p["trust"]:
             present = p["state"] != "untrusted"
             trust = Trust(module, p["trust_name"])
-            cert_pem = tls.cert_to_pem(cert) if cert is not None else None
-            if present and cert is None:
+            if present and der is None:
                 # Check mode before the CA exists: everything would be installed.
                 trust.changed = True
                 trust.result["system"] = {"changed": True}
             else:
                 if "system" in p["trust_stores"]:
-                    trust.system(cert, cert_pem, present)
+                    trust.system(der, present)
                 if "nss" in p["trust_stores"]:
-                    trust.nss(cert, cert_path, present, p["nss_databases"])
+                    trust.nss(der, cert_path, present, p["nss_databases"])
             result["trust"] = trust.result
             changed = changed or trust.changed
             diff["before"] += "".join(f"{x}\n" for x in trust.diff_before)

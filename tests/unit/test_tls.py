@@ -671,10 +671,20 @@ def test_detect_system_store():
 
 def test_bundle_contains(ca, ec_ca):
     pem = tls.cert_to_pem(ca[0])
-    bundle = b"# comment\n" + tls.cert_to_pem(ec_ca[0]) + b"\n" + pem
-    assert tls.bundle_contains(bundle, ca[0])
-    assert not tls.bundle_contains(tls.cert_to_pem(ec_ca[0]), ca[0])
-    assert not tls.bundle_contains(b"", ca[0])
+    der = ca[0].public_bytes(serialization.Encoding.DER)
+    bundle = b"# comment\n" + tls.cert_to_pem(ec_ca[0]) + b"\nCN = x\n" + pem.replace(b"\n", b"\r\n")
+    assert tls.bundle_contains(bundle, der)
+    assert not tls.bundle_contains(tls.cert_to_pem(ec_ca[0]), der)
+    assert not tls.bundle_contains(b"", der)
+    assert not tls.bundle_contains(b"-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n", der)
+
+
+def test_stdlib_pem_helpers_agree_with_cryptography(ca):
+    der = ca[0].public_bytes(serialization.Encoding.DER)
+    pem = tls.cert_to_pem(ca[0])
+    assert tls.pem_certificates_der(pem) == [der]
+    assert tls.der_to_pem(der) == pem
+    assert tls.der_fingerprint(der) == tls.cert_fingerprint(ca[0])
 
 
 @pytest.mark.parametrize("name", ["", "../x", "a/b", "a b", "-x", "a..b"])

@@ -22,12 +22,12 @@ MODULES = ROOT / "plugins" / "modules"
 NAMES = ["home.arpa", "*.home.arpa", "localhost", "127.0.0.1", "::1"]
 
 
-def run(module, args, tmp_path, check=False, diff=False):
+def run(module, args, tmp_path, check=False, diff=False, env=None):
     argfile = tmp_path / f"args-{module}-{os.urandom(4).hex()}.json"
     argfile.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": {**args, "_ansible_check_mode": check,
                                                            "_ansible_diff": diff}}))
     proc = subprocess.run([sys.executable, str(MODULES / f"{module}.py"), str(argfile)],
-                          capture_output=True, text=True, check=False, cwd=tmp_path)
+                          capture_output=True, text=True, check=False, cwd=tmp_path, env=env)
     argfile.unlink()
     out = proc.stdout.strip()
     assert out, proc.stderr
@@ -149,8 +149,41 @@ def test_ca_name_constraints_option(tmp_path):
 
 
 def test_trusted_needs_the_certificate(tmp_path):
-    res = run("local_ca", {"state": "trusted", "certificate_path": str(tmp_path / "none.pem")}, tmp_path, check=True)
+    args = {"state": "trusted", "certificate_path": str(tmp_path / "none.pem")}
+    res = run("local_ca", args, tmp_path, check=True)  # first run in check mode: the copy is not there yet
+    assert res["changed"] and "would be installed" in res["msg"]
+    res = run("local_ca", args, tmp_path)
     assert res["failed"] and "does not exist" in res["msg"]
+    (tmp_path / "junk.pem").write_text("junk")
+    res = run("local_ca", {**args, "certificate_path": str(tmp_path / "junk.pem")}, tmp_path, check=True)
+    assert res["failed"] and "holds no PEM certificate" in res["msg"]
+
+
+def test_trust_check_mode_plans_the_system_store(ca_dir, tmp_path):
+    """Read-only on this host: check mode inspects the store and the bundle, changes nothing."""
+    res = run("local_ca", {"state": "trusted", "path": str(ca_dir), "trust_name": "hyhome-unit-test-never-installed"},
+              tmp_path, check=True, diff=True)
+    system = res["trust"]["system"]
+    assert res["changed"] and system["changed"] and not system["in_bundle"]
+    assert system["anchor"].endswith("/hyhome-unit-test-never-installed.crt")
+    assert res["fingerprint_sha256"] in res["diff"]["after"]
+    assert not os.path.exists(system["anchor"])
+    res = run("local_ca", {"state": "untrusted", "trust_name": "hyhome-unit-test-never-installed"}, tmp_path,
+              check=True)
+    assert not res["changed"]
+
+
+def test_trust_needs_no_cryptography(ca_dir, tmp_path):
+    """Hosts that only trust the CA may lack the cryptography package."""
+    fake = tmp_path / "nocrypto" / "cryptography"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('cryptography hidden for this test')\n")
+    env = {**os.environ, "PYTHONPATH": f"{fake.parent}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    res = run("local_ca", {"state": "trusted", "path": str(ca_dir), "trust_name": "hyhome-unit-test-x"}, tmp_path,
+              check=True, env=env)
+    assert res["changed"] and res["trust"]["system"]["changed"] and "ca" not in res
+    res = run("local_ca", {"path": str(ca_dir)}, tmp_path, check=True, env=env)
+    assert res["failed"] and "cryptography" in res["msg"]
 
 
 # ------------------------------------------------------------------------------------------
