@@ -1,0 +1,359 @@
+"""Tests of the env core: dotenv parsing, rendering with comments and order kept, refusal of
+secrets, required variables from the compose files, idempotence, drift and bad input."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+from ansible_collections.hyhome.bootstrap.plugins.module_utils import env_file as core
+from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_model import EnvRef, Location
+from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyHomeError
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "env" / "project"
+STACK = Path(__file__).resolve().parents[2] / "stack"
+
+
+@pytest.fixture
+def project(tmp_path) -> Path:
+    dest = tmp_path / "project"
+    shutil.copytree(FIXTURE, dest)
+    return dest
+
+
+def refs_of(project: Path):
+    refs, warnings = core.compose_env_refs(str(project))
+    assert warnings == []
+    return refs
+
+
+def run(project: Path, values=None, **kw) -> core.EnvPlan:
+    kw.setdefault("env_refs", refs_of(project))
+    p = core.plan(str(project), values or {}, **kw)
+    if p.changed_any:
+        core.apply(p)
+    return p
+
+
+# --- parsing -----------------------------------------------------------------------------------
+
+
+def test_parse_reads_compose_dotenv_syntax():
+    text = (
+        "# comment\n"
+        "\n"
+        "A=plain\n"
+        "export B=with-export\n"
+        "C='single $NOT_INTERPOLATED # not a comment'\n"
+        'D="double \\"quoted\\" \\\\ x"\n'
+        "E=value   # inline comment\n"
+        "F=\n"
+        "G\n"
+        "  H = spaced  \n"
+        "I=a#b\n"
+    )
+    lines = core.parse(text)
+    assert [ln.key for ln in lines] == [None, None, "A", "B", "C", "D", "E", "F", "G", "H", "I"]
+    values = core.as_dict(lines)
+    assert values == {
+        "A": "plain", "B": "with-export", "C": "single $NOT_INTERPOLATED # not a comment",
+        "D": 'double "quoted" \\ x', "E": "value", "F": "", "G": None, "H": "spaced", "I": "a#b",
+    }
+    assert lines[0].text == "# comment" and lines[3].number == 4
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("A=1\nA=2\n", "already set on line 1"),
+        ("A='open\n", "unterminated ' quote"),
+        ('A="x" trailing\n', "unexpected text after the closing quote"),
+        ("1ABC=x\n", "not a valid variable name"),
+        ("just some words\n", "not a KEY=value line"),
+        ("A=1\x00\n", "NUL"),
+    ],
+)
+def test_parse_rejects_bad_input_with_line_numbers(text, message):
+    with pytest.raises(HyHomeError, match=message):
+        core.parse(text, "x.env")
+
+
+@pytest.mark.parametrize(
+    ("value", "written"),
+    [
+        ("plain-value_1.2:3/@,+=", "plain-value_1.2:3/@,+="),
+        ("", ""),
+        ("two words", "'two words'"),
+        ("cost $5 # really", "'cost $5 # really'"),
+        ("it's", '"it\'s"'),
+    ],
+)
+def test_format_value_round_trips_through_parse(value, written):
+    assert core.format_value("K", value) == written
+    assert core.as_dict(core.parse(f"K={written}\n")) == {"K": value}
+
+
+@pytest.mark.parametrize("value", ["line1\nline2", "it's $HOME", "it's \\ back"])
+def test_format_value_refuses_what_dotenv_cannot_hold_unambiguously(value):
+    with pytest.raises(HyHomeError, match="K"):
+        core.format_value("K", value)
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [(True, "true"), (False, "false"), (8443, "8443"), (1.5, "1.5"), (None, ""), ("x", "x")],
+)
+def test_inventory_scalars_become_text(value, text):
+    assert core.to_text(value) == text
+
+
+def test_inventory_non_scalars_are_refused(project):
+    with pytest.raises(HyHomeError, match=r"env value SITE_NAME: .*list"):
+        core.plan(str(project), {"SITE_NAME": ["a", "b"]}, env_refs=[])
+
+
+# --- rendering ---------------------------------------------------------------------------------
+
+
+def test_render_keeps_comments_order_and_untouched_lines(project):
+    p = run(project, {"SITE_NAME": "Hy Home", "EXTRA_B": 2, "EXTRA_A": "a"})
+    text = (project / ".env").read_text()
+    example = (project / ".env.example").read_text().splitlines()
+    lines = text.splitlines()
+    assert lines[0].startswith("# Managed by hyhome.bootstrap.env")
+    # every example line is there, in order; only SITE_NAME's line changed
+    body = lines[1:1 + len(example)]
+    def others(seq):
+        return [ln for ln in seq if not ln.startswith("SITE_NAME=")]
+
+    assert others(body) == others(example)
+    assert "SITE_NAME='Hy Home'" in body
+    assert "export WEB_PORT=8080  # inline comment kept while the value does not change" in body
+    # unknown keys appended at the end, in the order given, after a comment
+    assert lines[-3:] == ["# Set by the inventory (env_values), not in .env.example:", "EXTRA_B=2", "EXTRA_A=a"]
+    assert p.added == ["SITE_NAME", "SITE_TAGLINE", "WEB_PORT", "WORKER_QUEUE", "ADMIN_PASSWORD_FILE",
+                       "EXTRA_B", "EXTRA_A"]
+
+
+def test_changed_export_line_keeps_its_export(project):
+    run(project, {"WEB_PORT": 9090})
+    assert "export WEB_PORT=9090" in (project / ".env").read_text().splitlines()
+
+
+def test_without_header_and_without_example(tmp_path):
+    (tmp_path / "compose.yaml").write_text("services: {}\n")
+    run(tmp_path, {"A": "1"}, header=False, env_refs=[])
+    assert (tmp_path / ".env").read_text() == "# Set by the inventory (env_values), not in .env.example:\nA=1\n"
+    with pytest.raises(HyHomeError, match=r"ships no \.env\.example"):
+        core.plan(str(tmp_path), {}, env_refs=[], require_example=True)
+
+
+# --- idempotence, mode, drift ------------------------------------------------------------------
+
+
+def test_second_run_changes_nothing_and_mode_is_0640(project):
+    first = run(project, {"SITE_NAME": "x"})
+    assert first.changed_any and first.content_changed
+    st = os.stat(project / ".env")
+    assert stat.S_IMODE(st.st_mode) == 0o640
+    second = run(project, {"SITE_NAME": "x"})
+    assert not second.changed_any
+    assert (second.added, second.changed, second.removed) == ([], [], [])
+    assert os.stat(project / ".env").st_ino == st.st_ino       # not rewritten
+    assert not [n for n in os.listdir(project) if ".tmp" in n]  # no temp file left behind
+
+
+def test_plan_alone_writes_nothing(project):
+    p = core.plan(str(project), {"SITE_NAME": "x"}, env_refs=refs_of(project))
+    assert p.changed_any and not (project / ".env").exists()
+
+
+def test_hand_edits_are_put_back_and_reported_by_key(project):
+    run(project, {"SITE_NAME": "x"})
+    env = project / ".env"
+    env.write_text(env.read_text().replace("WORKER_QUEUE='jobs'", "WORKER_QUEUE=edited") + "STRAY=1\n")
+    p = core.plan(str(project), {"SITE_NAME": "x"}, env_refs=refs_of(project))
+    assert (p.changed, p.removed, p.added) == (["WORKER_QUEUE"], ["STRAY"], [])
+    core.apply(p)
+    assert "WORKER_QUEUE='jobs'" in env.read_text() and "STRAY" not in env.read_text()
+
+
+def test_mode_drift_alone_is_fixed_without_rewriting(project):
+    run(project)
+    env = project / ".env"
+    os.chmod(env, 0o644)
+    inode = os.stat(env).st_ino
+    p = run(project)
+    assert p.mode_changed and not p.content_changed
+    assert stat.S_IMODE(os.stat(env).st_mode) == 0o640 and os.stat(env).st_ino == inode
+
+
+def test_owner_is_applied_when_asked(project):
+    run(project, uid=os.getuid(), gid=os.getgid(), mode=0o600)
+    st = os.stat(project / ".env")
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (os.getuid(), os.getgid(), 0o600)
+
+
+# --- secrets -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["DB_PASSWORD", "SMTP_PASSWD", "POSTGRES_PASS", "APP_SECRET", "GITHUB_TOKEN", "API_KEY", "APIKEY",
+     "SSH_PASSPHRASE", "AWS_CREDENTIALS", "PRIVATE_KEY_PEM", "SLACK_WEBHOOK_URL", "REDIS_AUTH", "pg_pwd",
+     "KEY", "HASH_SALT"],
+)
+def test_sensitive_names(name):
+    assert core.is_sensitive_name(name)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["DB_PASSWORD_FILE", "TLS_KEY_PATH", "SECRETS_DIR", "PASSENGER_COUNT", "KEY_TYPE", "MONKEY", "AUTHOR",
+     "HYHOME_DOMAIN", "GATEWAY_HTTPS_PORT"],
+)
+def test_non_sensitive_names(name):
+    assert not core.is_sensitive_name(name)
+
+
+def test_allow_keys_overrides_a_sensitive_looking_name():
+    assert core.is_sensitive_name("PASSWORD_MIN_LENGTH")
+    assert not core.is_sensitive_name("PASSWORD_MIN_LENGTH", allow=("PASSWORD_MIN_LENGTH",))
+
+
+def test_secrets_are_refused_by_name_without_leaking_the_value(project):
+    values = {"SITE_NAME": "x", "ADMIN_PASSWORD": "hunter2-hunter2", "API_TOKEN": "tok-123456",
+              "DATABASE_URL": "postgres://app:s3cr3t@db/app", "TLS_CERT": "-----BEGIN PRIVATE KEY----- abc"}
+    with pytest.raises(HyHomeError) as err:
+        core.plan(str(project), values, env_refs=refs_of(project))
+    msg = err.value.msg
+    for name in ("ADMIN_PASSWORD", "API_TOKEN", "DATABASE_URL", "TLS_CERT"):
+        assert name in msg
+    for secret in ("hunter2", "tok-123456", "s3cr3t", "BEGIN PRIVATE"):
+        assert secret not in msg
+    assert "secrets registry" in msg and "_FILE" in msg
+    assert not (project / ".env").exists()
+
+
+def test_secret_in_the_example_itself_is_refused(project):
+    example = project / ".env.example"
+    example.write_text(example.read_text() + "SMTP_PASSWORD=changeme\n")
+    with pytest.raises(HyHomeError, match="SMTP_PASSWORD: the name marks a secret"):
+        core.plan(str(project), {}, env_refs=refs_of(project))
+
+
+def test_empty_sensitive_values_and_file_paths_are_fine(project):
+    p = run(project, {"DB_PASSWORD": "", "DB_PASSWORD_FILE": "/run/secrets/db_password",
+                      "URL": "https://example.org/path"})
+    assert "DB_PASSWORD=" in (project / ".env").read_text().splitlines()
+    assert p.content_changed
+
+
+def test_a_secret_left_in_an_existing_env_is_removed_and_masked_in_diffs(project):
+    run(project)
+    env = project / ".env"
+    before = env.read_text() + "OLD_SECRET=leaked-value\n"
+    env.write_text(before)
+    p = core.plan(str(project), {}, env_refs=refs_of(project))
+    assert p.removed == ["OLD_SECRET"]
+    assert any("OLD_SECRET" in w and "leaked-value" not in w for w in p.warnings)
+    shown = core.masked(p.before)
+    assert "OLD_SECRET=<hidden>" in shown and "leaked-value" not in shown
+    core.apply(p)
+    assert "leaked-value" not in env.read_text()
+
+
+# --- required variables ------------------------------------------------------------------------
+
+
+def test_compose_refs_come_from_every_included_file(project):
+    refs = refs_of(project)
+    names = {(r.name, r.has_default, r.required) for r in refs}
+    assert ("SITE_NAME", False, True) in names
+    assert ("SITE_TAGLINE", False, False) in names
+    assert ("WORKER_QUEUE", False, True) in names          # from sub/compose.yaml
+    assert ("WEB_PORT", True, False) in names and ("LOG_LEVEL", True, False) in names
+    assert "HOME" not in {r.name for r in refs}            # $${HOME} is for the container shell
+
+
+def test_missing_required_variables_are_all_listed_with_their_files(project):
+    (project / ".env.example").write_text("# nothing here\n")
+    with pytest.raises(HyHomeError) as err:
+        core.plan(str(project), {"WORKER_QUEUE": ""}, env_refs=refs_of(project))
+    msg = err.value.msg
+    assert "SITE_NAME: not defined; a non-empty value is required" in msg
+    assert "SITE_TAGLINE: not defined; referenced without a default" in msg
+    assert "WORKER_QUEUE: empty; a non-empty value is required" in msg
+    assert "sub/compose.yaml:4" in msg and "compose.yaml:9" in msg
+    assert "WEB_PORT" not in msg and "LOG_LEVEL" not in msg
+    assert not (project / ".env").exists()
+
+
+def test_missing_required_counts_the_environment_when_given():
+    refs = [EnvRef("A", False, True, Location("c.yaml", 3)), EnvRef("B", False, False, Location("c.yaml", 4))]
+    assert core.missing_required({}, refs, environ={"A": "1", "B": ""}) == []
+    assert core.missing_required({"A": None}, refs, environ={}) == [
+        "A: empty; a non-empty value is required (c.yaml:3)",
+        "B: not defined; referenced without a default (c.yaml:4)",
+    ]
+
+
+# --- bad input ---------------------------------------------------------------------------------
+
+
+def test_bad_project_dir(tmp_path):
+    with pytest.raises(HyHomeError, match="does not exist"):
+        core.plan(str(tmp_path / "nope"), {}, env_refs=[])
+    with pytest.raises(HyHomeError, match="no project directory"):
+        core.plan("", {}, env_refs=[])
+    with pytest.raises(HyHomeError, match="system directory"):
+        core.plan("/etc", {}, env_refs=[])
+
+
+def test_dest_outside_the_project_or_symlinked_is_refused(project, tmp_path):
+    with pytest.raises(HyHomeError, match="outside"):
+        core.plan(str(project), {}, dest="../elsewhere.env", env_refs=[])
+    target = tmp_path / "target.env"
+    target.write_text("")
+    os.symlink(target, project / ".env")
+    with pytest.raises(HyHomeError, match="symlink"):
+        core.plan(str(project), {}, env_refs=[])
+
+
+def test_invalid_names_and_unreadable_examples(project):
+    with pytest.raises(HyHomeError, match="not a valid variable name"):
+        core.plan(str(project), {"BAD NAME": "x"}, env_refs=[])
+    (project / ".env.example").write_bytes(b"A=\xff\xfe\n")
+    with pytest.raises(HyHomeError, match="not UTF-8"):
+        core.plan(str(project), {}, env_refs=[])
+    os.remove(project / ".env.example")
+    os.mkdir(project / ".env.example")
+    with pytest.raises(HyHomeError, match="is a directory"):
+        core.plan(str(project), {}, env_refs=[])
+
+
+def test_values_must_be_a_mapping(project):
+    with pytest.raises(HyHomeError, match="mapping"):
+        core.plan(str(project), ["A=1"], env_refs=[])
+
+
+def test_not_a_compose_project_for_refs(tmp_path):
+    with pytest.raises(HyHomeError):
+        core.compose_env_refs(str(tmp_path))
+
+
+# --- the embedded stack ------------------------------------------------------------------------
+
+
+def test_embedded_stack_example_is_complete_and_secret_free(tmp_path):
+    """The shipped .env.example alone satisfies every reference of the default stack."""
+    copy = tmp_path / "stack"
+    shutil.copytree(STACK, copy, ignore=shutil.ignore_patterns("secrets", "data", ".env"))
+    refs, _ = core.compose_env_refs(str(copy))
+    p = core.plan(str(copy), {}, env_refs=refs)
+    values = core.as_dict(core.parse(p.content))
+    assert values["HYHOME_DOMAIN"] == "hyhome.localhost"
+    assert core.secret_problems(values) == []
