@@ -657,6 +657,11 @@ def latest_current(entries: list[str]) -> str | None:
     return None
 
 
+def _is_temp(name: str) -> bool:
+    """A temp file atomic_write left behind when its writer was killed."""
+    return name.startswith(".") and ".tmp" in name
+
+
 def _read(path: str) -> bytes:
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     with os.fdopen(fd, "rb") as fh:
@@ -720,7 +725,8 @@ class Plan:
     items: list[Item]
     dirs_to_create: list[str]
     dirs_to_restrict: list[tuple[str, int]]     # (path, new mode)
-    stale_temp_dirs: list[tuple[str, str]]      # (dir, base) with leftovers of a crashed writer
+    stale_temp_dirs: list[tuple[str, str | None]]   # (dir, base or None for a history dir) with
+    # leftovers of a crashed writer
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -966,6 +972,9 @@ def plan(specs: list[SecretSpec], secrets_dir: str, project=None, *, rotate=(), 
         for b in (base, base + ".pub"):
             if os.path.isdir(d) and any(n.startswith(f".{b}.tmp") for n in os.listdir(d)):
                 temps.append((d, b))
+        hd = history_dir(secrets_dir, s.relpath)
+        if os.path.isdir(hd) and any(_is_temp(n) for n in os.listdir(hd)):
+            temps.append((hd, None))
 
     ordered = [items[s.name] for s in specs]
     warnings = [w for i in ordered for w in i.warnings]
@@ -1012,7 +1021,12 @@ def apply(p: Plan) -> None:
     for d, mode in p.dirs_to_restrict:
         os.chmod(d, mode)
     for d, base in p.stale_temp_dirs:
-        remove_stale_temps(d, base)
+        if base is not None:
+            remove_stale_temps(d, base)
+            continue
+        for name in os.listdir(d):
+            if _is_temp(name):
+                os.unlink(os.path.join(d, name))
     hist_root = os.path.join(p.secrets_dir, HISTORY_DIR)
     if os.path.isdir(hist_root) and stat.S_IMODE(os.stat(hist_root).st_mode) != DIR_MODE:
         os.chmod(hist_root, DIR_MODE)
