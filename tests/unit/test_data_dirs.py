@@ -115,6 +115,23 @@ def test_derive_uses_host_path_the_loader_set_for_a_bind_volume(tmp_path):
     assert warnings == []
 
 
+@pytest.mark.docker
+def test_derivation_through_the_compose_loader_matches(tmp_path):
+    """The fixture read by compose_model.load_project (``docker compose config``) derives the same paths."""
+    from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_model import load_project
+
+    hand, r = fixture_project(tmp_path)
+    loaded = load_project(r)
+    assert loaded.config_error is None
+
+    def derived(project):
+        return [(p.path, p.kind, [(u.service, u.target, u.read_only, u.via) for u in p.uses])
+                for p in dd.derive_paths(project)[0]]
+
+    assert derived(loaded) == derived(hand)
+    assert os.path.join(r, "volumes/search") in [p.path for p in dd.derive_paths(loaded)[0]]
+
+
 @pytest.mark.parametrize("spec", [
     {"driver": "local", "driver_opts": {"type": "nfs", "o": "addr=1.2.3.4", "device": ":/x"}},
     {"driver": "rexray", "driver_opts": {"o": "bind", "device": "/x"}},
