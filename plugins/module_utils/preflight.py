@@ -20,6 +20,7 @@ import json
 import os
 import re
 import socket
+import stat
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -94,6 +95,7 @@ class Listener:
     ip: str
     port: int
     process: str | None = None  # "nginx (pid 123)" when it could be resolved
+    inode: str | None = None    # socket inode, to find the owning process
 
 
 @dataclass(frozen=True)
@@ -223,7 +225,7 @@ def read_proc_listeners(proc: str = "/proc") -> list[Listener]:
                     if len(parts) < 10 or parts[3] != state:
                         continue
                     ip_hex, port_hex = parts[1].split(":")
-                    out.append(Listener(proto, _proc_hex_ip(ip_hex), int(port_hex, 16), parts[9]))
+                    out.append(Listener(proto, _proc_hex_ip(ip_hex), int(port_hex, 16), inode=parts[9]))
         except FileNotFoundError:
             if name in ("tcp", "udp"):
                 raise
@@ -410,10 +412,10 @@ def gather_host_facts(project: Project, options: Options = Options(), docker_cli
     published = _published_ports(project) if options.check_ports else []
     if published:
         try:
-            listeners = read_proc_listeners(proc)
             ports = {p[2] for p in published}
-            owners = _socket_owners({li.process for li in listeners if li.port in ports and li.process}, proc)
-            facts.listeners = [dataclasses.replace(li, process=owners.get(li.process or "")) for li in listeners]
+            listeners = [li for li in read_proc_listeners(proc) if li.port in ports]
+            owners = _socket_owners({li.inode for li in listeners if li.inode}, proc)
+            facts.listeners = [dataclasses.replace(li, process=owners.get(li.inode or "")) for li in listeners]
         except (OSError, ValueError):
             # No /proc/net (not Linux): fall back to trying to bind each published port.
             facts.listeners = [Listener(pr, ip or "0.0.0.0", port) for pr, ip, port, _ in published  # noqa: S104
@@ -623,12 +625,16 @@ def _where(places: list[str]) -> str:
     return " (" + ", ".join(places[:2]) + more + ")"
 
 
-def _check_env(project: Project, env_path: str, env: dict[str, str] | None) -> list[Finding]:
+def _check_env(project: Project, env_path: str, env: dict[str, str] | None,
+               problem: str | None = None) -> list[Finding]:
     needs = _env_needs(project)
     rel = _rel(env_path, project.working_dir)
     fix_env = f"add the variable to {rel} (the env step renders it from .env.example and the inventory)"
     out = []
-    if env is None:
+    if problem:
+        out.append(Finding("project.env_file", BLOCKER, rel, f"{problem}; Compose cannot read it",
+                           f"replace {rel} with a KEY=VALUE file (the env step renders it)", "env"))
+    elif env is None:
         if needs:
             out.append(Finding("project.env_file", BLOCKER, rel,
                                f"missing; {_n(len(needs), 'variable')} referenced without a default need it",
@@ -663,16 +669,17 @@ def _check_env(project: Project, env_path: str, env: dict[str, str] | None) -> l
     return out
 
 
-def _read_env(path: str) -> dict[str, str] | None:
-    """The env file's variables (None when it does not exist); values stay in memory, never reported."""
+def _read_env(path: str) -> tuple[dict[str, str] | None, str | None]:
+    """(variables, problem): variables is None when the file is absent or unreadable. Values stay in
+    memory, never reported."""
     if os.path.isdir(path):
-        raise HyHomeError(f"env file {path} is a directory, not a file")
+        return None, "is a directory, not a file"
     if not os.path.exists(path):
-        return None
+        return None, None
     try:
-        return compose_model._read_dotenv(path)
+        return compose_model._read_dotenv(path), None
     except OSError as exc:
-        raise HyHomeError(f"cannot read env file {path}: {exc.strerror}") from None
+        return None, f"cannot be read: {exc.strerror}"
 
 
 def _is_cert_path(path: str, project_dir: str) -> bool:
@@ -707,11 +714,9 @@ def _stat_kind(path: str) -> str:
         return "missing"
     except OSError as exc:
         return f"unreadable: {exc.strerror}"
-    import stat as _stat
-
-    if _stat.S_ISDIR(st.st_mode):
+    if stat.S_ISDIR(st.st_mode):
         return "dir"
-    if _stat.S_ISREG(st.st_mode):
+    if stat.S_ISREG(st.st_mode):
         return "file"
     return "other"
 
@@ -907,7 +912,7 @@ def run_checks(project: Project, facts: HostFacts, options: Options = Options())
     findings += _check_memory(project, facts, options)
     findings += _check_ports(project, facts, options)
     findings += _check_config(project)
-    findings += _check_env(project, env_path, _read_env(env_path))
+    findings += _check_env(project, env_path, *_read_env(env_path))
     secret_findings, counts = _check_secrets(project)
     findings += secret_findings
     findings += _check_binds(project, counts)

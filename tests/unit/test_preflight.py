@@ -12,6 +12,7 @@ import sys
 import pytest
 from ansible_collections.hyhome.bootstrap.plugins.module_utils import preflight as pf
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_model import (
+    EnvRef,
     Location,
     Mount,
     Network,
@@ -396,8 +397,6 @@ def test_bind_file_replaced_by_docker_made_directory(tmp_path):
 def test_required_variable_empty_is_a_blocker(tmp_path):
     (tmp_path / ".env").write_text("DB_HOST=\nexport OTHER='x'\n")
     loc = Location(str(tmp_path / "compose.yaml"), 3)
-    from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_model import EnvRef
-
     proj = project(working_dir=str(tmp_path), env_refs=[EnvRef("DB_HOST", False, True, loc),
                                                         EnvRef("OTHER", False, False, loc)])
     findings = pf.run_checks(proj, fake_facts())
@@ -471,3 +470,13 @@ def test_script_entry_point(tmp_path):
     none = subprocess.run([script, os.path.join(FIX, "notaproject")], capture_output=True, text=True, env=env,
                           check=False)
     assert none.returncode == 2 and "Traceback" not in none.stderr and "is not a compose project" in none.stderr
+
+
+def test_env_file_that_is_a_directory_is_a_finding(tmp_path):
+    (tmp_path / ".env").mkdir()
+    loc = Location(str(tmp_path / "compose.yaml"), 2)
+    proj = project(working_dir=str(tmp_path), env_refs=[EnvRef("A", False, False, loc)])
+    findings = pf.run_checks(proj, fake_facts())
+    f = by(findings, "project.env_file", ".env")
+    assert (f.severity, f.message) == ("blocker", "is a directory, not a file; Compose cannot read it")
+    assert by(findings, "project.env_vars", "A").severity == pf.BLOCKER
