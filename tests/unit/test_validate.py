@@ -430,3 +430,19 @@ def test_lint_uses_project_yamllint_config(tmp_path):
     (tmp_path / ".yamllint").write_text("rules: [broken\n")
     with pytest.raises(HyHomeError, match="invalid yamllint configuration"):
         lint_files([str(tmp_path / "compose.yaml")], str(tmp_path))
+
+
+@pytest.mark.docker
+def test_entry_script_exit_codes(tmp_path):
+    import subprocess
+
+    script = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "validate-docker-compose.sh")
+    clean = subprocess.run([script, fixture("clean")], capture_output=True, text=True, check=False)
+    assert clean.returncode == 0 and clean.stdout.strip().endswith("-- OK")
+    report = tmp_path / "r.json"
+    defects = subprocess.run([script, fixture("defects"), "--json", str(report)], capture_output=True, text=True,
+                             check=False)
+    assert defects.returncode == 1 and json.loads(report.read_text())["summary"]["error"] == 21
+    missing = subprocess.run([script, fixture("nope")], capture_output=True, text=True, check=False)
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert missing.stderr.strip() == f"validate: project directory {fixture('nope')} does not exist"
