@@ -683,3 +683,76 @@ def test_apply_recurse_reports_subtree_counts_in_check_mode(tmp_path):
     res = dd.apply(dd.plan(project, {}, FakeImages({})), recurse=True)
     assert res["totals"] == {"checked": 11, "fixed": 11}
     assert dd.apply(dd.plan(project, {}, FakeImages({})), recurse=True)["totals"] == {"checked": 11, "fixed": 0}
+
+
+# ---------------------------------------------------------------------------------------------
+# The module through ansible-playbook: check + diff, real run, no-change run, failure message
+
+MODULE_PLAY = """
+- name: data_dirs module
+  hosts: all
+  gather_facts: false
+  tasks:
+    - name: Data dirs
+      hyhome.bootstrap.data_dirs:
+        project_dir: "{{ project }}"
+        recurse: "{{ recurse | default(false) | bool }}"
+        allowed_roots: "{{ roots | default(omit) }}"
+      register: out
+"""
+
+
+def run_module(tmp_path, project, *extra):
+    import json
+    import sys
+
+    repo = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+    play = tmp_path / "play.yml"
+    play.write_text(MODULE_PLAY)
+    bindir = os.path.dirname(sys.executable)
+    env = {**os.environ, "ANSIBLE_CONFIG": os.path.join(repo, "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
+           "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json", "ANSIBLE_LOCALHOST_WARNING": "false",
+           "PATH": f"{bindir}:{os.environ.get('PATH', '')}"}
+    cmd = [os.path.join(bindir, "ansible-playbook"), "-i", "localhost,", "-c", "local",
+           "-e", f"ansible_python_interpreter={sys.executable}", "-e", f"project={project}", *extra, str(play)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
+    data = json.loads(proc.stdout[proc.stdout.index("{"):])
+    return data["plays"][0]["tasks"][0]["hosts"]["localhost"]
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_module_check_diff_then_real_then_no_change(tmp_path):
+    _, r = fixture_project(tmp_path)
+    res = run_module(tmp_path, r, "--check", "--diff")
+    assert res["changed"] and not res.get("failed"), res
+    assert not os.path.exists(os.path.join(r, "data")) and not os.path.exists(os.path.join(r, "conf/pg.conf"))
+    assert f"{r}/data/pg: absent" in res["diff"]["before"] and f"{r}/data/pg: 999:999 0750" in res["diff"]["after"]
+    assert any("written by services with different users" in w for w in res.get("warnings", []))
+
+    res = run_module(tmp_path, r)
+    assert res["changed"] and owner_mode(os.path.join(r, "data/pg")) == (999, 999, 0o750)
+    assert owner_mode(os.path.join(r, "data/shared"))[:2] == (1000, 1000)     # `user: app` via the image
+    assert [c["path"] for c in res["copied"]] == [os.path.join(r, "conf/pg.conf")]
+
+    res = run_module(tmp_path, r, "-e", "recurse=true")
+    assert not res["changed"] and res["totals"]["fixed"] == 0
+
+    open(os.path.join(r, "data/pg/PG_VERSION"), "w").close()                    # root-owned: drift
+    res = run_module(tmp_path, r, "-e", "recurse=true", "--check", "--diff")
+    assert res["changed"] and res["totals"]["fixed"] == 1
+    assert "(1 of 2 entries fixed)" in res["diff"]["after"]
+    assert owner_mode(os.path.join(r, "data/pg/PG_VERSION"))[0] == 0            # check mode: untouched
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_module_refusal_is_a_clean_failure(tmp_path):
+    r = str(tmp_path / "proj")
+    os.mkdir(r)
+    with open(os.path.join(r, "compose.yaml"), "w") as fh:
+        fh.write("services:\n  ok:\n    image: hyhome/busybox:local\n    volumes: ['./data:/d']\n"
+                 "  bad:\n    image: hyhome/busybox:local\n    volumes: ['/var/lib/docker/volumes:/v']\n")
+    res = run_module(tmp_path, r)
+    assert res["failed"] and "refusing bind-mount path /var/lib/docker/volumes" in res["msg"]
+    assert "Traceback" not in res.get("module_stderr", "") and not os.path.exists(os.path.join(r, "data"))
