@@ -947,6 +947,13 @@ def apply(p: Plan, check: bool = False, recurse: bool = False) -> dict:
             entry.update(_apply_file(item, real, check))
             if entry["state"] == "copied":
                 copied.append({"path": item.path, "from": item.example, "services": item.services})
+                diff_before.append(f"{item.path}: absent")
+                diff_after.append(f"{item.path}: {entry['owner']}:{entry['group']} {entry['mode']} "
+                                  f"(copied from {os.path.basename(item.example)})")
+            elif entry["state"] == "fixed":
+                b, a = entry["samples"][0]["before"], entry["samples"][0]["after"]
+                diff_before.append(f"{item.path}: {b}")
+                diff_after.append(f"{item.path}: {a}")
         elif not os.path.lexists(real):
             created = _makedirs(real, item.rule, check)
             entry.update(state="created", created=created, checked=0, fixed=0)

@@ -378,6 +378,11 @@ def test_example_never_overwrites_an_existing_file(tmp_path):
     res = dd.apply(dd.plan(project, {}, FakeImages(BUSYBOX_FAKE)))
     assert read(conf) == "mine\n" and res["copied"] == []
     assert owner_mode(conf) == (0, 0, 0o644)            # already readable by everyone: untouched
+    os.chmod(conf, 0o600)                               # now postgres cannot read it: group gets read
+    res = dd.apply(dd.plan(project, {}, FakeImages(BUSYBOX_FAKE)), check=True)
+    assert f"{conf}: 0:0 0600" in res["diff"]["before"] and f"{conf}: 0:999 0640" in res["diff"]["after"]
+    dd.apply(dd.plan(project, {}, FakeImages(BUSYBOX_FAKE)))
+    assert owner_mode(conf) == (0, 999, 0o640) and read(conf) == "mine\n"
 
 
 def test_example_replaces_the_empty_directory_docker_left(tmp_path):
@@ -408,6 +413,7 @@ def test_check_mode_changes_nothing_and_reports(tmp_path):
     created = next(d for d in res["paths"] if d["path"].endswith("data/pg"))["created"]
     assert created == [os.path.join(r, "data"), os.path.join(r, "data/pg")]
     assert "absent" in res["diff"]["before"] and "999:999 0750" in res["diff"]["after"]
+    assert f"{r}/conf/pg.conf: 0:999 0640 (copied from pg.conf.example)" in res["diff"]["after"]
 
 
 def test_path_override_beats_service_override(tmp_path):
