@@ -255,6 +255,27 @@ def missing_required(values: dict[str, str | None], env_refs, environ: dict[str,
     return out
 
 
+@dataclass(frozen=True)
+class _Where:
+    file: str
+    line: int | None = None
+
+
+@dataclass(frozen=True)
+class RequiredRef:
+    """A variable that must be non-empty, shaped like the compose model's EnvRef (duck-typed, so
+    this module needs no YAML parser when the compose files are not read)."""
+
+    name: str
+    has_default: bool = False
+    required: bool = True
+    location: _Where = _Where("required option")
+
+
+def required_refs(names) -> list[RequiredRef]:
+    return [RequiredRef(str(n)) for n in names or []]
+
+
 def compose_env_refs(project_dir: str, files=None) -> tuple[list, list[str]]:
     """Env references of a compose project read from its raw files (no Docker needed: the .env
     this module writes is what makes ``docker compose config`` work). Returns (refs, warnings)."""

@@ -150,7 +150,6 @@ warnings_list:
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402 - after the documentation, as Ansible expects
 from ansible_collections.hyhome.bootstrap.plugins.module_utils import env_file as core  # noqa: E402
-from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_model import EnvRef, Location  # noqa: E402
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyHomeError  # noqa: E402
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.fileops import resolve_owner  # noqa: E402
 
@@ -198,7 +197,7 @@ def main() -> None:
         refs, warnings = [], []
         if p["check_compose"]:
             refs, warnings = core.compose_env_refs(p["project_dir"], p["compose_files"] or None)
-        refs = list(refs) + [EnvRef(name, False, True, Location("required option", None)) for name in p["required"]]
+        refs = list(refs) + core.required_refs(p["required"])
         plan = core.plan(p["project_dir"], p["values"], dest=p["dest"], example=p["example"], env_refs=refs,
                          allow=tuple(p["allow_keys"]), mode=mode, uid=uid, gid=gid, header=p["header"],
                          require_example=p["require_example"])
