@@ -955,7 +955,10 @@ def _apply_present(engine, project, plan: Plan, opts: Options, before) -> None:
             if c.status == "exited" and c.exit_code == 0 and name in init_services(project) \
                     and plan.services[name].action == "start":
                 continue
-            engine.start_container(c.id)
+            try:
+                engine.start_container(c.id)
+            except HyHomeError as exc:
+                raise HyHomeError(f"service '{name}' ({c.name}) does not start: {exc.msg}") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -1030,10 +1033,20 @@ class Engine:
 
     def start_container(self, container_id: str) -> None:
         self.commands.append(["docker", "start", container_id[:12]])
-        self.client.api.start(container_id)
+        try:
+            self.client.api.start(container_id)
+        except self._errors.APIError as exc:
+            raise HyHomeError(f"the engine cannot start container {container_id[:12]}: "
+                              f"{exc.explanation or exc}") from None
 
     def remove_container(self, container_id: str) -> None:
-        self.client.api.remove_container(container_id, force=True)
+        try:
+            self.client.api.remove_container(container_id, force=True)
+        except self._errors.NotFound:
+            pass
+        except self._errors.APIError as exc:
+            raise HyHomeError(f"the engine cannot remove container {container_id[:12]}: "
+                              f"{exc.explanation or exc}") from None
 
     def run(self, args: list[str], record: bool = True, timeout: float | None = None) -> subprocess.CompletedProcess:
         argv = self.base + args
