@@ -839,9 +839,18 @@ def plan(specs: list[SecretSpec], secrets_dir: str, project=None, *, rotate=(), 
             if not src_value or is_placeholder(src_value):
                 raise HyHomeError(f"secret {s.name}: its source {s.source} has no value ({src.action}); "
                                   f"put one in {src.spec.path}")
-            base = cur.value if cur.exists else None
+            base, origin = (cur.value, None) if cur.exists else (None, None)
+            if base is None and seed.get(s.name):
+                base, origin = _seed_bytes(seed[s.name]), "the controller store"
+            elif base is None and s.persistent and latest_current(hist):
+                base, origin = _read(latest_current(hist)), "the history"
             new = htpasswd_update(base, s.username, password_of(src_value), s.scheme, s.rounds)
-            if new is not None:
+            if new is None and origin is not None:
+                # The stored line still matches its source: bring it back instead of re-salting.
+                item.value = base
+                item.action = "restored"
+                item.notes.append(f"was missing; restored from {origin} (still matches {s.source})")
+            elif new is not None:
                 item.value = new
                 item.action = "rederived" if cur.exists else "generated"
                 if cur.exists:

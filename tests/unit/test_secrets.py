@@ -650,3 +650,18 @@ def test_unused_registry_entries_are_reported(proj):
     reg = {**REGISTRY, "typo_secret": {"kind": "hex"}}
     specs = core.build_specs(fixture_project(proj), reg, str(proj / "secrets"))
     assert core.unused_registry_entries(specs, reg) == ["typo_secret"]
+
+
+def test_deleted_htpasswd_comes_back_identical_from_history_or_seed(tmp_path):
+    d = tmp_path / "secrets"
+    specs = htpasswd_specs(tmp_path, scheme="apr1")
+    run(specs, d)
+    line = (d / "ht").read_bytes()
+    (d / "ht").unlink()
+    p = run(specs, d)
+    assert [i.action for i in p.items if i.spec.name == "ht"] == ["restored"]
+    assert (d / "ht").read_bytes() == line
+    shutil.rmtree(d)
+    p = run(specs, d, seed={"pw": "source-password-long", "ht": core.htpasswd_update(
+        None, "admin", "source-password-long", "apr1", None).decode()})
+    assert [i.action for i in p.items] == ["restored", "restored"]
