@@ -28,7 +28,6 @@ import os
 import re
 import secrets
 import socket
-import ssl
 from dataclasses import dataclass
 
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyHomeError
@@ -805,7 +804,10 @@ def pem_certificates_der(data: bytes) -> list[bytes]:
 
 
 def der_to_pem(der: bytes) -> bytes:
-    return ssl.DER_cert_to_PEM_cert(der).encode()
+    """PEM with 64-column lines, byte for byte what ``cryptography`` and ``ssl`` write."""
+    body = base64.b64encode(der)
+    lines = b"\n".join(body[i:i + 64] for i in range(0, len(body), 64))
+    return b"-----BEGIN CERTIFICATE-----\n" + lines + b"\n-----END CERTIFICATE-----\n"
 
 
 def der_fingerprint(der: bytes) -> str:
