@@ -358,3 +358,51 @@ def test_explicit_paths_and_no_ca_copy(ca_dir, tmp_path):
                                   "key_path": str(out / "a.key"), "ca_copy_path": "", "key_type": "ecdsa"}, tmp_path)
     assert res["changed"] and res["ca_copy_path"] is None
     assert listing(out) == ["a.crt", "a.key"]
+
+
+FAKE_CERTUTIL = r"""#!/bin/sh
+# Minimal stand-in for NSS certutil: one file per nickname in the database directory.
+db= nick= in= op=
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -L|-A|-D) op=$1 ;;
+    -d) db=${2#sql:}; db=${db#dbm:}; shift ;;
+    -n) nick=$2; shift ;;
+    -i) in=$2; shift ;;
+  esac
+  shift
+done
+echo "$op $nick" >> "$db/calls.log"
+case "$op" in
+  -L) [ -f "$db/$nick.pem" ] || { echo "certutil: Could not find cert: $nick" >&2; exit 255; }; cat "$db/$nick.pem" ;;
+  -A) cp "$in" "$db/$nick.pem" ;;
+  -D) rm "$db/$nick.pem" ;;
+esac
+"""
+
+
+def test_nss_install_and_uninstall_with_certutil(ca_dir, tmp_path):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "certutil").write_text(FAKE_CERTUTIL)
+    (bindir / "certutil").chmod(0o755)
+    db = tmp_path / "nssdb"
+    db.mkdir()
+    (db / "cert9.db").write_bytes(b"")
+    env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}"}
+    args = {"state": "trusted", "path": str(ca_dir), "trust_stores": ["nss"], "nss_databases": [str(db)]}
+    res = run("local_ca", args, tmp_path, check=True, env=env)
+    assert res["changed"] and res["trust"]["nss"] == [{"database": str(db), "changed": True}]
+    assert not (db / "hyhome-local-ca.pem").exists()
+    res = run("local_ca", args, tmp_path, env=env)
+    assert res["changed"]
+    assert (db / "hyhome-local-ca.pem").read_bytes() == (ca_dir / "rootCA.pem").read_bytes()
+    assert "-A hyhome-local-ca" in (db / "calls.log").read_text()
+    assert not run("local_ca", args, tmp_path, env=env)["changed"]
+    # A different CA under the same nickname is replaced.
+    run("local_ca", {"path": str(ca_dir), "key_type": "ecdsa", "regenerate": "always"}, tmp_path)
+    res = run("local_ca", args, tmp_path, env=env)
+    assert res["changed"] and (db / "hyhome-local-ca.pem").read_bytes() == (ca_dir / "rootCA.pem").read_bytes()
+    res = run("local_ca", {**args, "state": "untrusted"}, tmp_path, env=env)
+    assert res["changed"] and not (db / "hyhome-local-ca.pem").exists()
+    assert not run("local_ca", {**args, "state": "untrusted"}, tmp_path, env=env)["changed"]
