@@ -559,6 +559,7 @@ class RawFile:
     data: dict | None              # plain data (merge keys applied), None when unreadable
     node: yaml.Node | None         # the document's root node, for marks
     base_dir: str                  # relative paths in this file resolve against it
+    role: str = "compose"          # "compose" (root, -f, include:) | "extends" (only an extends: base)
 
 
 @dataclass
@@ -574,6 +575,39 @@ class RawProject:
     @property
     def paths(self) -> list[str]:
         return [f.path for f in self.files]
+
+    @property
+    def compose_files(self) -> list[RawFile]:
+        """Files that define the project (extends-only bases excluded)."""
+        return [f for f in self.files if f.role == "compose"]
+
+    def base_service(self, service: dict, file: RawFile) -> dict | None:
+        """The raw mapping an ``extends:`` points at (same file when no ``file:``), else None."""
+        ext = service.get("extends")
+        if isinstance(ext, str):
+            ext = {"service": ext}
+        if not isinstance(ext, dict) or not ext.get("service"):
+            return None
+        target = file
+        if ext.get("file"):
+            path = _abspath(_expand_defaults(str(ext["file"]), self.env), os.path.dirname(file.path))
+            target = next((f for f in self.files if f.path == path), None)
+        base = ((target.data or {}).get("services") or {}).get(ext["service"]) if target else None
+        return base if isinstance(base, dict) else None
+
+    def resolved_service(self, service: dict, file: RawFile, depth: int = 0) -> dict:
+        """``service`` with its ``extends:`` chain merged in (shallow, best effort)."""
+        base = self.base_service(service, file) if depth < 10 else None
+        if base is None:
+            return {k: v for k, v in service.items() if k != "extends"}
+        ext = service["extends"]
+        base_file = file
+        if isinstance(ext, dict) and ext.get("file"):
+            path = _abspath(_expand_defaults(str(ext["file"]), self.env), os.path.dirname(file.path))
+            base_file = next((f for f in self.files if f.path == path), file)
+        merged = self.resolved_service(base, base_file, depth + 1)
+        merged.update({k: v for k, v in service.items() if k != "extends"})
+        return merged
 
 
 def _read_dotenv(path: str | None) -> dict[str, str]:
@@ -700,13 +734,22 @@ def load_raw(project_dir, files=None, env_file=None) -> RawProject:
     raw = RawProject(project_dir, env_file=env_path, env=_read_dotenv(env_path))
     seen: set[str] = set()
 
-    def walk(path: str, base_dir: str) -> None:
+    def walk(path: str, base_dir: str, role: str = "compose") -> None:
         if path in seen:
             return
         seen.add(path)
         rf = _load_one(path, base_dir, raw)
+        rf.role = role
         raw.files.append(rf)
         if rf.data is None:
+            return
+        for svc in (rf.data.get("services") or {}).values():
+            ext = svc.get("extends") if isinstance(svc, dict) else None
+            if isinstance(ext, dict) and ext.get("file"):
+                base = _abspath(_expand_defaults(str(ext["file"]), raw.env), os.path.dirname(path))
+                if os.path.isfile(base):
+                    walk(base, os.path.dirname(base), "extends")
+        if role != "compose":
             return
         for paths, pdir in _include_entries(rf.data, raw.env):
             for p in paths:
@@ -791,7 +834,7 @@ def raw_env_refs(raw: RawProject) -> list[EnvRef]:
 
 def _service_locations(raw: RawProject) -> dict[str, Location]:
     locs: dict[str, Location] = {}
-    for rf in raw.files:
+    for rf in raw.compose_files:
         found = _mapping_get(rf.node, "services")
         if not found or not isinstance(found[1], yaml.MappingNode):
             continue
@@ -803,7 +846,7 @@ def _service_locations(raw: RawProject) -> dict[str, Location]:
 
 def _registry_locations(raw: RawProject) -> dict[str, Location]:
     locs: dict[str, Location] = {}
-    for rf in raw.files:
+    for rf in raw.compose_files:
         found = _mapping_get(rf.node, "secrets")
         if not found or not isinstance(found[1], yaml.MappingNode):
             continue
@@ -817,7 +860,7 @@ def _raw_registry(raw: RawProject) -> dict[str, Secret]:
     """Top-level ``secrets:`` of every file, relative ``file:`` resolved against its file's dir."""
     locs = _registry_locations(raw)
     registry: dict[str, Secret] = {}
-    for rf in raw.files:
+    for rf in raw.compose_files:
         for name, spec in ((rf.data or {}).get("secrets") or {}).items():
             if name in registry or not isinstance(spec, dict):
                 continue
@@ -830,10 +873,10 @@ def _raw_registry(raw: RawProject) -> dict[str, Secret]:
 
 def _raw_service_extensions(raw: RawProject) -> dict[str, dict]:
     ext: dict[str, dict] = {}
-    for rf in raw.files:
+    for rf in raw.compose_files:
         for name, svc in ((rf.data or {}).get("services") or {}).items():
             if isinstance(svc, dict):
-                for k, v in svc.items():
+                for k, v in raw.resolved_service(svc, rf).items():
                     if isinstance(k, str) and k.startswith("x-"):
                         ext.setdefault(str(name), {}).setdefault(k, v)
     return ext
@@ -934,7 +977,7 @@ def project_from_raw(raw: RawProject, project_dir=None, config_error: str | None
     )
     volumes: dict[str, dict] = {}
     networks: dict[str, dict] = {}
-    for rf in raw.files:
+    for rf in raw.compose_files:
         for key, spec in ((rf.data or {}).get("volumes") or {}).items():
             spec = dict(spec or {})
             opts = dict(spec.get("driver_opts") or {})
@@ -946,10 +989,11 @@ def project_from_raw(raw: RawProject, project_dir=None, config_error: str | None
             networks.setdefault(str(key), dict(spec or {}))
     project.volumes = volumes
     merged: dict[str, tuple[dict, str]] = {}
-    for rf in raw.files:
+    for rf in raw.compose_files:
         for name, svc in ((rf.data or {}).get("services") or {}).items():
             if not isinstance(svc, dict):
                 continue
+            svc = raw.resolved_service(svc, rf)
             if name in merged:
                 base, base_dir = merged[name]
                 merged[name] = ({**base, **svc}, base_dir)

@@ -318,3 +318,23 @@ def test_override_file_is_picked_up(tmp_path):
     project = load_project(str(tmp_path))
     assert project.services["a"].user == "1000"
     assert project.files == [str(tmp_path / "compose.yaml"), str(tmp_path / "compose.override.yaml")]
+
+
+@pytest.mark.docker
+def test_extends_base_file_is_walked_but_defines_no_service():
+    root = fixture("extends")
+    project = load_project(root)
+    assert project.files == [f"{root}/compose.yaml", f"{root}/svc/compose.yaml", f"{root}/common/base.yaml"]
+    assert list(project.services) == ["app"]
+    app = project.services["app"]
+    assert app.user == "1000:1000" and app.cap_drop == ["ALL"]
+    assert app.location == Location(f"{root}/svc/compose.yaml", 2)
+    assert app.extensions == {"x-hyhome": {"writable": ["/state"]}}  # inherited through extends
+    assert [(r.name, r.has_default, r.location.file) for r in project.env_refs] == [
+        ("HC_INTERVAL", True, f"{root}/common/base.yaml")]
+    # the raw fallback resolves extends too, without turning the base into a service
+    raw_project = project_from_raw(load_raw(root), config_error="x")
+    assert list(raw_project.services) == ["app"]
+    assert raw_project.services["app"].user == "1000:1000"
+    assert raw_project.services["app"].mounts == [
+        Mount("bind", "/state", False, f"{root}/svc/state", None, True, f"{root}/svc/state")]
