@@ -173,7 +173,7 @@ reason_codes:
   description:
     - The codes alone. They are C(cert_missing), C(cert_unparsable), C(key_missing), C(key_unparsable), C(key_type),
       C(key_mismatch), C(issuer), C(expired), C(expiring), C(not_yet_valid), C(validity_policy), C(sans),
-      C(profile), C(always).
+      C(profile), C(always), and in check mode before the CA exists, C(ca_missing).
   returned: always
   type: list
   elements: str
@@ -223,11 +223,11 @@ public_key_fingerprint_sha256:
   returned: when a certificate is in place
   type: str
 ca_fingerprint_sha256:
-  description: SHA-256 fingerprint of the CA certificate.
+  description: SHA-256 fingerprint of the CA certificate (null in check mode before the CA exists).
   returned: always
   type: str
 ca_not_after:
-  description: End of validity of the CA.
+  description: End of validity of the CA (null in check mode before the CA exists).
   returned: always
   type: str
 """
@@ -337,8 +337,20 @@ class LeafCertificate:
         tls.check_ca_pair(ca_cert, ca_key)
         return ca_cert, ca_key, cert_pem
 
+    def _would_create_ca(self):
+        """Check mode on a new machine: the CA task before this one only pretended to create the CA."""
+        reason = tls.Reason("ca_missing", f"the CA in {self.ca_dir} does not exist yet; it would be created first")
+        self.changed = True
+        return {
+            "issued": True, "kept": False, "new_key": True, "reasons": [str(reason)], "reason_codes": [reason.code],
+            "cert_path": self.cert_path, "key_path": self.key_path, "ca_copy_path": self.ca_copy_path,
+            "ca_fingerprint_sha256": None, "ca_not_after": None,
+        }
+
     def run(self):
         p = self.module.params
+        if self.module.check_mode and not os.path.exists(os.path.join(self.ca_dir, tls.CA_CERT_FILE)):
+            return self._would_create_ca()
         ca_cert, ca_key, ca_pem = self.load_ca()
         tls.check_name_constraints(self.profile.sans, ca_cert)
         cert_pem = _read(self.cert_path, "the certificate")

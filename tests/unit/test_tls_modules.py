@@ -406,3 +406,12 @@ def test_nss_install_and_uninstall_with_certutil(ca_dir, tmp_path):
     res = run("local_ca", {**args, "state": "untrusted"}, tmp_path, env=env)
     assert res["changed"] and not (db / "hyhome-local-ca.pem").exists()
     assert not run("local_ca", {**args, "state": "untrusted"}, tmp_path, env=env)["changed"]
+
+
+def test_check_mode_before_the_ca_exists(tmp_path):
+    """`--check` on a new machine: the CA task only pretended, the leaf task must not fail."""
+    res = run("tls_certificate", leaf_args(tmp_path, tmp_path / "no-ca"), tmp_path, check=True)
+    assert res["changed"] and res["reason_codes"] == ["ca_missing"]
+    assert not (tmp_path / "proj").exists() and not (tmp_path / "no-ca").exists()
+    res = run("tls_certificate", leaf_args(tmp_path, tmp_path / "no-ca"), tmp_path)
+    assert res["failed"] and "create the CA first" in res["msg"]
