@@ -680,7 +680,7 @@ def explain(name: str, why: str, containers: list[ContainerInfo], logs=None, hea
 
 
 def wait_ready(project, services, fetch, timeout: float, logs=None, clock=time.monotonic,
-               sleep=time.sleep, interval: float = 1.0, started_ok: set[str] = frozenset()) -> Readiness:
+               sleep=time.sleep, interval: float = 0.5, started_ok: set[str] = frozenset()) -> Readiness:
     """Poll ``fetch() -> {service: [ContainerInfo]}`` until every service is ready; raise
     HyHomeError naming each failed or still-pending service (with health log and log tail) on a
     definitive failure or at the timeout."""
@@ -770,21 +770,30 @@ def image_name(project, name: str) -> str | None:
 
 
 def _prepare_images(engine, project, targets, opts: Options, plan_only: bool) -> tuple[list[str], list[str]]:
-    """Decide (and unless ``plan_only`` run) builds and pulls; returns (built, pulled) services."""
+    """Decide (and unless ``plan_only`` run) builds, then pulls; returns (built, pulled) services.
+
+    Builds come first: services that share an image another service builds (``pull_policy: never``
+    next to a ``build:``) must not be pulled. Pulls go through ``docker compose pull
+    --ignore-buildable``, which also honours each service's own ``pull_policy: never``.
+    """
+    built_images = {image_name(project, n) for n in project.services if project.services[n].build}
     to_build, to_pull = [], []
     for name in sorted(targets):
         svc = project.services[name]
         img = image_name(project, name)
         present = engine.image_id(img) is not None if img else True
-        if svc.build and opts.build != "never" and (opts.build == "always" or not present):
-            to_build.append(name)
-        elif not svc.build and svc.image and opts.pull != "never" and (opts.pull == "always" or not present):
+        if svc.build:
+            if opts.build == "always" or (opts.build == "missing" and not present):
+                to_build.append(name)
+        elif svc.image and opts.pull != "never" and (opts.pull == "always" or not present):
+            if img in built_images and opts.build != "never":
+                continue   # produced by a build in this project
             to_pull.append(name)
     if not plan_only:
-        if to_pull:
-            engine.run(["pull", *to_pull])
         if to_build:
             engine.run(["build", *to_build])
+        if to_pull:
+            engine.run(["pull", "--ignore-buildable", *to_pull])
     return to_build, to_pull
 
 

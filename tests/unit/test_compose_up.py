@@ -408,7 +408,7 @@ def test_wait_ready_becomes_ready(tmp_path):
     clock = FakeClock()
     states = iter([{"api": [cu.ContainerInfo.from_inspect(inspect("api", health="starting"))]}] * 3
                   + [{"api": [cu.ContainerInfo.from_inspect(inspect("api", health="healthy"))]}])
-    r = cu.wait_ready(proj, ["api"], lambda: next(states), timeout=30, clock=clock, sleep=clock.sleep)
+    r = cu.wait_ready(proj, ["api"], lambda: next(states), timeout=30, clock=clock, sleep=clock.sleep, interval=1)
     assert r.ok and clock.now == 3.0
 
 
@@ -650,3 +650,37 @@ def test_docker_init_exit_1_fails(live):
     msg = err.value.msg
     assert "init" in msg and "exited with code 1" in msg
     assert "cannot create role app" in msg   # its last log lines
+
+
+def test_prepare_images_builds_first_and_never_pulls_a_built_image(tmp_path):
+    proj = project(tmp_path)
+    proj.services["api"].build = {"context": "."}
+    proj.services["api"].image = "hy/app:local"
+    proj.services["web"].image = "hy/app:local"      # shares the image api builds
+    eng = FakeEngine(proj)
+    eng.image_id = lambda name: None if name in ("hy/app:local", "web", "postgres") else "sha256:x"
+    built, pulled = cu._prepare_images(eng, proj, set(proj.services), cu.Options(), plan_only=True)
+    assert built == ["api"] and pulled == ["db", "init"] and eng.commands == []
+    cu._prepare_images(eng, proj, set(proj.services), cu.Options(), plan_only=False)
+    assert eng.commands == [["build", "api"], ["pull", "--ignore-buildable", "db", "init"]]
+    assert cu._prepare_images(eng, proj, set(proj.services), cu.Options(pull="never", build="never"),
+                              plan_only=True) == ([], [])
+    eng.image_id = lambda name: "sha256:x"
+    assert cu._prepare_images(eng, proj, set(proj.services), cu.Options(build="always"), plan_only=True)[0] == ["api"]
+
+
+@pytest.mark.docker
+def test_docker_stop_restart_absent_keep_volumes(live):
+    live()
+    stopped = live(state="stopped")
+    assert stopped["actions"] == {"web": ["stopped"], "worker": ["stopped"]}
+    assert not live(state="stopped")["changed"]
+    assert live(check_mode=True)["plan"]["web"]["action"] == "start"
+    up = live()
+    assert up["actions"] == {"web": ["started"], "worker": ["started"]}   # the completed init is not re-run
+    restarted = live(state="restarted")
+    assert restarted["actions"] == {"web": ["started"], "worker": ["started"]}
+    gone = live(state="absent")
+    assert set(gone["actions"]) == {"init", "web", "worker"} and _started(live.name) == {}
+    assert gone["commands"][-1][-2:] == ["down", "--remove-orphans"]
+    assert not live(state="absent")["changed"]
