@@ -957,12 +957,14 @@ def _default_project_name(project_dir: str) -> str:
     return name.lstrip("_-") or "default"
 
 
-def project_from_raw(raw: RawProject, project_dir=None, config_error: str | None = None) -> Project:
+def project_from_raw(raw: RawProject, project_dir=None, config_error: str | None = None,
+                     profiles=None) -> Project:
     """Best-effort model from the raw files only (used when ``docker compose config`` fails).
 
     Services from every readable file (later definitions of the same service override keys of
     earlier ones), relative paths against the defining file's directory, ``.env`` values and
-    ``${X:-default}`` defaults substituted in paths, nothing else interpolated.
+    ``${X:-default}`` defaults substituted in paths, nothing else interpolated. Services with
+    ``profiles:`` are kept only when one of ``profiles`` is active (``"*"`` activates all).
     """
     project_dir = os.path.abspath(str(project_dir or raw.project_dir))
     root = raw.files[0].data if raw.files and raw.files[0].data else {}
@@ -999,7 +1001,11 @@ def project_from_raw(raw: RawProject, project_dir=None, config_error: str | None
                 merged[name] = ({**base, **svc}, base_dir)
             else:
                 merged[name] = (dict(svc), rf.base_dir)
+    active = {str(p) for p in profiles or []}
     for name, (svc, base_dir) in sorted(merged.items()):
+        wanted = set(_str_list(svc.get("profiles")))
+        if wanted and "*" not in active and not wanted & active:
+            continue
         svc = _expand_paths(svc, raw.env)
         project.services[str(name)] = _service_from_dict(str(name), svc, volumes, base_dir)
     for key, spec in sorted(networks.items()):
@@ -1089,12 +1095,13 @@ def load_project(project_dir, files=None, env_file=None, profiles=None, docker="
         raise HyHomeError("Docker Compose v2 is not installed: `docker compose` is not a docker command "
                           "(install the docker-compose-plugin / compose v2 CLI plugin)")
     if proc.returncode != 0:
-        return project_from_raw(raw, project_dir, config_error=stderr.strip() or f"exit code {proc.returncode}")
+        return project_from_raw(raw, project_dir, config_error=stderr.strip() or f"exit code {proc.returncode}",
+                                profiles=profiles)
     try:
         config = json.loads(proc.stdout)
     except ValueError:
         return project_from_raw(raw, project_dir, config_error="docker compose config printed no JSON: "
-                                + (proc.stdout[:200] + stderr).strip())
+                                + (proc.stdout[:200] + stderr).strip(), profiles=profiles)
     project = project_from_config(config, project_dir, raw)
     project.config_warnings = [m.group(1).replace('\\"', '"') for m in _WARNING_RE.finditer(stderr)]
     return project

@@ -338,3 +338,21 @@ def test_extends_base_file_is_walked_but_defines_no_service():
     assert raw_project.services["app"].user == "1000:1000"
     assert raw_project.services["app"].mounts == [
         Mount("bind", "/state", False, f"{root}/svc/state", None, True, f"{root}/svc/state")]
+
+
+def test_compose_plugin_missing(tmp_path):
+    fake = tmp_path / "docker"
+    fake.write_text("#!/bin/sh\necho \"docker: 'compose' is not a docker command.\" >&2\nexit 1\n")
+    fake.chmod(0o755)
+    with pytest.raises(HyHomeError, match=r"^Docker Compose v2 is not installed"):
+        load_project(FULL, docker=str(fake))
+
+
+def test_config_output_that_is_not_json_falls_back_to_raw(tmp_path):
+    fake = tmp_path / "docker"
+    fake.write_text("#!/bin/sh\necho 'not json'\n")
+    fake.chmod(0o755)
+    project = load_project(FULL, docker=str(fake))
+    assert project.source == "raw" and project.config_error.startswith("docker compose config printed no JSON")
+    assert sorted(project.services) == ["db", "web"]  # "tool" is in a profile that is not active
+    assert sorted(load_project(FULL, docker=str(fake), profiles=["tools"]).services) == ["db", "tool", "web"]
