@@ -246,12 +246,14 @@ def _spec_from(name: str, path: str, relpath: str, origin: str, entry: dict, def
 
 
 def build_specs(project, registry: dict | None, secrets_dir: str, default_kind: str = "password",
-                persistent_default: bool = True) -> list[SecretSpec]:
+                persistent_default: bool = True, exclude=()) -> list[SecretSpec]:
     """The secrets to manage: compose file-based secrets merged with the registry (pure, no I/O
     beyond path checks). Registry-only entries are managed when they have a ``file``.
 
     ``persistent`` (per entry, else ``persistent_default``): the current value is recorded in the
-    history so a deleted file is restored instead of silently replaced by a different value."""
+    history so a deleted file is restored instead of silently replaced by a different value.
+    ``exclude``: glob patterns (relative to the secrets dir) of files another job owns, such as the
+    TLS role's ``certs/*``; matching compose secrets are left alone."""
     registry = dict(registry or {})
     if default_kind not in (*GENERATED_KINDS, "provided"):
         raise HyHomeError(f"default kind {default_kind!r} is not one of {', '.join(GENERATED_KINDS)}, provided")
@@ -290,6 +292,8 @@ def build_specs(project, registry: dict | None, secrets_dir: str, default_kind: 
     for name, file in sorted(compose_files.items()):
         entry = registry.get(name, {})
         path, rel = place(name, file, "compose file:")
+        if is_excluded(rel, exclude):
+            continue
         if entry.get("file"):
             other, _ = place(name, str(entry["file"]), "registry file")
             if other != path:
@@ -323,6 +327,27 @@ def build_specs(project, registry: dict | None, secrets_dir: str, default_kind: 
                 raise HyHomeError(f"secret {spec.name}: source {spec.source} is of kind {src.kind}; "
                                   "an htpasswd line derives from a password-like secret")
     return specs
+
+
+def is_excluded(relpath: str, patterns) -> bool:
+    import fnmatch
+
+    return any(fnmatch.fnmatchcase(relpath, p) or fnmatch.fnmatchcase(relpath, p.rstrip("/") + "/*")
+               for p in patterns or ())
+
+
+def excluded_secrets(project, secrets_dir: str, patterns) -> list[str]:
+    """Compose secrets left to another job (reported so nobody wonders why they were skipped)."""
+    if project is None or not patterns:
+        return []
+    root = os.path.abspath(secrets_dir)
+    out = []
+    for name, sec in sorted(project.secrets.items()):
+        if sec.file and not sec.external and not sec.environment:
+            rel = os.path.relpath(os.path.abspath(sec.file), root)
+            if not rel.startswith("..") and is_excluded(rel, patterns):
+                out.append(name)
+    return out
 
 
 def unused_registry_entries(specs: list[SecretSpec], registry: dict | None) -> list[str]:

@@ -130,6 +130,13 @@ options:
         placeholder, takes its seed value instead of a new one. An existing different value is kept and warned about.
     type: dict
     default: {}
+  exclude:
+    description:
+      - Glob patterns, relative to O(secrets_dir), of secret files another job owns. Compose secrets matching
+        them are not generated nor re-permissioned (the default leaves C(certs/) to the TLS role).
+    type: list
+    elements: str
+    default: ["certs/*"]
   manage_dir_modes:
     description: Remove access for other users from the secrets directory and the directories holding secret files.
     type: bool
@@ -220,6 +227,11 @@ store_paths:
     for copying back to a controller store. Public keys and placeholders are not listed.
   returned: success
   type: dict
+excluded:
+  description: Compose secrets left alone because they match O(exclude).
+  returned: success
+  type: list
+  elements: str
 unused_registry:
   description: Registry names that matched no compose secret and have no C(file) (typos, or other stacks).
   returned: success
@@ -279,10 +291,12 @@ def run(module):
     for name, entry in (p["registry"] or {}).items():
         base = registry.get(name) if isinstance(registry.get(name), dict) else {}
         registry[name] = {**base, **(entry or {})}
-    specs = core.build_specs(project, registry, secrets_dir, p["default_kind"], p["persistent_default"])
+    specs = core.build_specs(project, registry, secrets_dir, p["default_kind"], p["persistent_default"],
+                             p["exclude"])
     plan = core.plan(specs, secrets_dir, project, rotate=p["rotate"], restore=p["restore"], seed=p["seed"],
                      default_owner=p["default_owner"], default_group=p["default_group"],
                      shared_group=p["shared_group"], manage_dir_modes=p["manage_dir_modes"])
+    excluded = core.excluded_secrets(project, secrets_dir, p["exclude"])
     if plan.changed and not module.check_mode:
         core.apply(plan)
     result = {
@@ -295,7 +309,8 @@ def run(module):
         "store_paths": {i.spec.name: i.spec.path for i in plan.items
                         if (i.action in STORE_ACTIONS or i.spec.name not in p["seed"])
                         and i.final_value is not None and not core.is_placeholder(i.final_value)},
-        "unused_registry": core.unused_registry_entries(specs, registry),
+        "unused_registry": [n for n in core.unused_registry_entries(specs, registry) if n not in excluded],
+        "excluded": excluded,
     }
     if module._diff:
         result["diff"] = plan.diff()
@@ -324,6 +339,7 @@ def main():
             "rotate": {"type": "list", "elements": "str", "default": []},
             "restore": {"type": "list", "elements": "str", "default": []},
             "seed": {"type": "dict", "default": {}, "no_log": True},
+            "exclude": {"type": "list", "elements": "str", "default": ["certs/*"]},
             "manage_dir_modes": {"type": "bool", "default": True},
         },
         supports_check_mode=True,

@@ -665,3 +665,13 @@ def test_deleted_htpasswd_comes_back_identical_from_history_or_seed(tmp_path):
     p = run(specs, d, seed={"pw": "source-password-long", "ht": core.htpasswd_update(
         None, "admin", "source-password-long", "apr1", None).decode()})
     assert [i.action for i in p.items] == ["restored", "restored"]
+
+
+def test_files_owned_by_another_job_are_excluded(proj):
+    project = fixture_project(proj)
+    project.secrets["tls_key"] = ComposeSecret("tls_key", str(proj / "secrets/certs/key.pem"))
+    specs = core.build_specs(project, REGISTRY, str(proj / "secrets"), exclude=["certs/*"])
+    assert "tls_key" not in {s.name for s in specs}
+    assert core.excluded_secrets(project, str(proj / "secrets"), ["certs/*"]) == ["tls_key"]
+    run(specs, proj / "secrets", project)
+    assert not (proj / "secrets/certs/key.pem").exists()
