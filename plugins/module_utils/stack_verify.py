@@ -16,6 +16,7 @@ import socket
 import ssl
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 from ansible_collections.hyhome.bootstrap.plugins.module_utils import compose_up as cu
@@ -397,14 +398,24 @@ def collect(client, project_name: str, want_stats: bool = True) -> tuple[list[di
                 .lower() != "true"]
     stats = {}
     if want_stats:
-        for a in inspects:
-            if (a.get("State") or {}).get("Status") == "running":
-                try:
-                    stats[a["Id"]] = client.api.stats(a["Id"], stream=False)
-                except Exception:  # a container stopping right now: no usage to count
-                    stats[a["Id"]] = {}
+        running = [a["Id"] for a in inspects if (a.get("State") or {}).get("Status") == "running"]
+        with ThreadPoolExecutor(max_workers=8) as pool:   # a stats call waits for the engine's sampling
+            for cid, value in zip(running, pool.map(lambda c: _stats(client, c), running), strict=True):
+                stats[cid] = value
     host_total = int(client.info().get("MemTotal") or 0)
     return inspects, stats, host_total
+
+
+def _stats(client, container_id: str) -> dict:
+    """One stats snapshot; ``one_shot`` (API 1.41+) skips the second sample the engine otherwise
+    waits a second for. Older SDKs lack the argument."""
+    try:
+        try:
+            return client.api.stats(container_id, stream=False, one_shot=True)
+        except TypeError:
+            return client.api.stats(container_id, stream=False)
+    except Exception:  # a container stopping right now: no usage to count
+        return {}
 
 
 def wait_settled(project, fetch, timeout: float, clock=time.monotonic, sleep=time.sleep):
