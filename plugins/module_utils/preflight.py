@@ -85,6 +85,7 @@ class Options:
     search_images: tuple[str, ...] = ("opensearch", "elasticsearch")
     check_ports: bool = True
     env_file: str | None = None                # default: <project>/.env
+    secrets_registry_file: str | None = None   # default: <project>/hyhome-secrets.yml (the secrets role's)
 
 
 @dataclass(frozen=True)
@@ -196,6 +197,30 @@ def _gib(n: int) -> str:
 
 def _mib(n: int) -> str:
     return f"{n // MIB} MiB"
+
+
+def load_secrets_registry(path: str | None) -> tuple[dict[str, dict], str | None]:
+    """The secrets role's registry (``hyhome-secrets.yml``): name -> entry, and a problem, if any.
+
+    Preflight only needs ``kind: provided`` (a person must supply the value), ``optional`` and
+    ``hint``. Accepts the mapping at the top level or under ``secrets:``. Absent file: ({}, None).
+    """
+    if not path or not os.path.exists(path):
+        return {}, None
+    import yaml  # the compose model needs it already
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh) or {}
+    except OSError as exc:
+        return {}, f"cannot be read: {exc.strerror}"
+    except yaml.YAMLError as exc:
+        return {}, f"is not valid YAML: {str(exc).splitlines()[0]}"
+    if isinstance(data, dict) and isinstance(data.get("secrets"), dict):
+        data = data["secrets"]
+    if not isinstance(data, dict):
+        return {}, "is not a mapping of secret names to entries"
+    return {str(k): v for k, v in data.items() if isinstance(v, dict)}, None
 
 
 # --------------------------------------------------------------------------------------------
@@ -592,10 +617,14 @@ def _check_config(project: Project) -> list[Finding]:
                                                            "lints every compose file)"))
     if project.config_error:
         first = "\n".join(project.config_error.strip().splitlines()[:5])
+        unset = sorted(set(re.findall(r"required variable (\w+) is missing a value", project.config_error)))
+        if unset:  # only .env is wrong, and the env step writes .env
+            fix, step = f"set {', '.join(unset)} in .env (the env step renders it)", "env"
+        else:
+            fix, step = ("fix the compose files until `docker compose config -q` passes "
+                         "(scripts/validate-docker-compose.sh explains common errors)"), None
         out.append(Finding(cid, BLOCKER, "docker compose config",
-                           f"failed: {first} -- the other project checks use the raw compose files",
-                           "fix the compose files until `docker compose config -q` passes "
-                           "(scripts/validate-docker-compose.sh explains common errors)"))
+                           f"failed: {first} -- the other project checks use the raw compose files", fix, step))
     if not out:
         out.append(Finding(cid, INFO, "docker compose config",
                            f"ok: {_n(len(project.services), 'service')} from {_n(len(project.files), 'file')}"))
@@ -731,31 +760,64 @@ def _is_blank(path: str) -> bool | None:
     return not head.strip()
 
 
-def _check_secret_file(cid: str, subject: str, path: str, used_by: list[str], project_dir: str) -> Finding | None:
+def _check_secret_file(cid: str, subject: str, path: str, used_by: list[str], project_dir: str,
+                       entry: dict | None = None) -> Finding | None:
+    """One secret or certificate file. ``entry``: its secrets-registry entry, when it has one."""
     step = "tls" if cid == "project.certs" else "secrets"
     what = "certificate" if cid == "project.certs" else "secret"
     rel = _rel(path, project_dir)
-    users = ", ".join(used_by)
-    fix = (f"run the {step} step (hyhome.bootstrap.{step}) to create it, or create {rel} yourself"
-           if step == "secrets" else f"run the tls step (hyhome.bootstrap.tls) to create it, or put your own at {rel}")
-    kind = _stat_kind(path)
+    tail = f"; used by {', '.join(used_by)}" if used_by else "; no service uses it"
     sev = BLOCKER if used_by else WARNING
-    tail = f"; used by {users}" if used_by else "; no service uses it"
-    if kind == "missing":
-        return Finding(cid, sev, subject, f"{what} file {rel} is missing{tail}", fix, step)
-    if kind == "dir":
-        return Finding(cid, sev, subject,
-                       f"{rel} is a directory, not a file (Docker creates one when the file is missing){tail}",
-                       f"remove the directory {rel}, then: {fix}", step)
+    entry = entry or {}
+    provided = entry.get("kind") == "provided"
+    if provided:
+        fix = f"put {entry.get('hint') or 'the value'} in {rel}; only a person can supply it"
+    elif step == "secrets":
+        fix = f"run the secrets step (hyhome.bootstrap.secrets) to create it, or create {rel} yourself"
+    else:
+        fix = f"run the tls step (hyhome.bootstrap.tls) to create it, or put your own at {rel}"
+    kind = _stat_kind(path)
     if kind.startswith("unreadable"):
         return Finding(cid, WARNING, subject, f"cannot check {rel}: {kind[12:]}", "run preflight as root")
-    if kind == "file" and _is_blank(path):
-        return Finding(cid, sev, subject, f"{what} file {rel} is empty{tail}",
-                       f"put the value in {rel} (or delete it and run the {step} step)", step)
-    return None
+    if kind == "file" and not _is_blank(path):
+        if provided and _is_placeholder(path):
+            return Finding(cid, WARNING, subject, f"provided secret {rel} still holds the placeholder{tail}",
+                           fix)
+        return None
+    if kind == "missing":
+        state = "is missing"
+    elif kind == "dir":
+        state = "is a directory, not a file (Docker creates one when the file is missing)"
+    else:
+        state = "is empty"
+    if provided and entry.get("optional"):
+        return Finding(cid, WARNING, subject,
+                       f"provided secret {rel} {state}{tail}: the secrets step writes a placeholder, so the stack "
+                       "boots, but what needs the value fails until a person sets it", fix, step)
+    if provided:
+        return Finding(cid, sev, subject, f"provided secret {rel} {state}{tail}", fix)
+    if kind == "dir":
+        return Finding(cid, sev, subject, f"{rel} {state}{tail}", f"remove the directory {rel}, then: {fix}", step)
+    if kind == "other":
+        return Finding(cid, sev, subject, f"{rel} is not a regular file{tail}", f"replace it with a file: {fix}")
+    return Finding(cid, sev, subject, f"{what} file {rel} {state}{tail}",
+                   fix if state == "is missing" else f"put the value in {rel} (or delete it and run the {step} step)",
+                   step)
 
 
-def _check_secrets(project: Project) -> tuple[list[Finding], dict[str, int]]:
+def _is_placeholder(path: str) -> bool:
+    """The secrets step's placeholder for an optional provided secret (read, never reported)."""
+    from ansible_collections.hyhome.bootstrap.plugins.module_utils.secrets import is_placeholder
+
+    try:
+        with open(path, "rb") as fh:
+            return is_placeholder(fh.read(256))
+    except OSError:
+        return False
+
+
+def _check_secrets(project: Project, registry: dict[str, dict] | None = None,
+                   ) -> tuple[list[Finding], dict[str, int]]:
     root = project.working_dir
     used: dict[str, list[str]] = {}
     for svc in project.services.values():
@@ -771,7 +833,8 @@ def _check_secrets(project: Project) -> tuple[list[Finding], dict[str, int]]:
             continue
         cid = "project.certs" if _is_cert_path(sec.file, root) else "project.secrets"
         counts[cid] += 1
-        f = _check_secret_file(cid, name, sec.file, sorted(used.get(name, [])), root)
+        entry = (registry or {}).get(name)
+        f = _check_secret_file(cid, name, sec.file, sorted(used.get(name, [])), root, entry)
         if f:
             out.append(f)
     return out, counts
@@ -901,9 +964,12 @@ def _check_external(project: Project, facts: HostFacts) -> tuple[list[Finding], 
 def run_checks(project: Project, facts: HostFacts, options: Options = Options()) -> list[Finding]:
     """Every finding for ``project`` on a host described by ``facts``, in stable order. Pure but for
     reading the project's files."""
-    env_path = options.env_file or project.env_file or os.path.join(project.working_dir, ".env")
-    if not os.path.isabs(env_path):
-        env_path = os.path.join(project.working_dir, env_path)
+    def in_project(path: str) -> str:
+        return path if os.path.isabs(path) else os.path.join(project.working_dir, path)
+
+    env_path = in_project(options.env_file or project.env_file or ".env")
+    registry_path = in_project(options.secrets_registry_file or "hyhome-secrets.yml")
+    registry, registry_problem = load_secrets_registry(registry_path)
     findings: list[Finding] = []
     findings += _check_docker(facts, options)
     findings += _check_compose(facts, options)
@@ -913,8 +979,12 @@ def run_checks(project: Project, facts: HostFacts, options: Options = Options())
     findings += _check_ports(project, facts, options)
     findings += _check_config(project)
     findings += _check_env(project, env_path, *_read_env(env_path))
-    secret_findings, counts = _check_secrets(project)
+    secret_findings, counts = _check_secrets(project, registry)
     findings += secret_findings
+    if registry_problem:
+        rel = _rel(registry_path, project.working_dir)
+        findings.append(Finding("project.secrets", BLOCKER, rel, f"secrets registry {registry_problem}",
+                                f"fix {rel}: the secrets step reads it"))
     findings += _check_binds(project, counts)
     ext_findings, ext_counts = _check_external(project, facts)
     findings += ext_findings
@@ -989,7 +1059,8 @@ def render_table(project: Project, findings: list[Finding], deferred_steps=(),
             if f.severity == BLOCKER and f.fixed_by in deferred:
                 later = f" [left to the later {f.fixed_by} step]"
             lines.append(f"{'':<{w_sev}}  {'':<{w_chk}}  {'':<{w_sub}}  fix: {f.fix}{later}")
-    verdict = (f"BLOCKED: {_n(s['blocking'], 'blocker')} stop first boot" if s["blocks_boot"]
+    stop = "stops" if s["blocking"] == 1 else "stop"
+    verdict = (f"BLOCKED: {_n(s['blocking'], 'blocker')} {stop} first boot" if s["blocks_boot"]
                else "OK: nothing blocks first boot")
     if s["deferred"]:
         verdict += f" ({_n(s['deferred'], 'more blocker')} left to later steps)"
@@ -1058,13 +1129,15 @@ def cli(argv=None) -> int:
     ap.add_argument("--min-docker-version", default=Options.min_docker_version)
     ap.add_argument("--warn-compose-below", default=Options.warn_compose_below)
     ap.add_argument("--no-ports", action="store_true", help="skip the host port check")
+    ap.add_argument("--secrets-registry", help="the secrets role's registry (default: <project>/hyhome-secrets.yml)")
     ap.add_argument("--defer", action="append", default=[], choices=STEPS,
                     help="do not fail on blockers this later step fixes (repeatable)")
     ap.add_argument("-q", "--quiet", action="store_true", help="print only the blockers and warnings")
     args = ap.parse_args(argv)
     opts = Options(min_docker_version=args.min_docker_version, warn_compose_below=args.warn_compose_below,
                    min_disk_free_gb=args.min_disk_free_gb, min_memory_available_mb=args.min_memory_available_mb,
-                   check_ports=not args.no_ports, env_file=args.env_file)
+                   check_ports=not args.no_ports, env_file=args.env_file,
+                   secrets_registry_file=args.secrets_registry)
     try:
         res = preflight(args.project_dir, files=args.files, env_file=args.env_file, profiles=args.profiles,
                         docker=args.docker, options=opts, deferred_steps=args.defer)

@@ -90,6 +90,13 @@ options:
     description: Check that the host ports the project publishes are free.
     type: bool
     default: true
+  secrets_registry_file:
+    description:
+      - "The secrets role's registry. Secrets of C(kind: provided) are values only a person can supply:
+        missing, they block and no later step fixes them; with C(optional: true) the secrets step writes a
+        placeholder, so they are a warning (also while the placeholder is still there)."
+      - Default C(<project_dir>/hyhome-secrets.yml); absent means no provided secrets.
+    type: path
   deferred_steps:
     description:
       - Bootstrap steps that will run after preflight. Blockers one of them fixes (for example a
@@ -214,6 +221,7 @@ def main() -> None:
             search_images=dict(type="list", elements="str", default=["opensearch", "elasticsearch"]),
             check_ports=dict(type="bool", default=True),
             deferred_steps=dict(type="list", elements="str", choices=list(STEPS), default=[]),
+            secrets_registry_file=dict(type="path"),
         ),
         supports_check_mode=True,
     )
@@ -227,6 +235,7 @@ def main() -> None:
         search_images=tuple(p["search_images"]),
         check_ports=p["check_ports"],
         env_file=p["env_file"],
+        secrets_registry_file=p["secrets_registry_file"],
     )
     try:
         result = preflight(p["project_dir"], files=p["files"], profiles=p["profiles"], docker=p["docker_cli"],

@@ -415,7 +415,7 @@ def test_deferred_steps_do_not_block_but_stay_reported():
     assert (summary["blocker"], summary["blocking"], summary["deferred"]) == (2, 1, 1)
     table = "\n".join(pf.render_table(proj, findings, ["secrets"]))
     assert "[left to the later secrets step]" in table
-    assert table.splitlines()[-1].startswith("BLOCKED: 1 blocker stop first boot (1 more blocker left to later steps)")
+    assert table.splitlines()[-1].startswith("BLOCKED: 1 blocker stops first boot (1 more blocker left to later steps)")
 
 
 def test_read_proc_listeners(tmp_path):
@@ -480,3 +480,44 @@ def test_env_file_that_is_a_directory_is_a_finding(tmp_path):
     f = by(findings, "project.env_file", ".env")
     assert (f.severity, f.message) == ("blocker", "is a directory, not a file; Compose cannot read it")
     assert by(findings, "project.env_vars", "A").severity == pf.BLOCKER
+
+
+def test_provided_secrets_from_the_secrets_registry(tmp_path):
+    """kind: provided = only a person can supply it: a blocker no step fixes; optional ones get a
+    placeholder from the secrets step, so a warning, also while the placeholder is there."""
+    sec = tmp_path / "secrets"
+    sec.mkdir()
+    (sec / "smtp").write_bytes(b"hyhome-placeholder:smtp\n")
+    (tmp_path / "hyhome-secrets.yml").write_text(
+        "secrets:\n"
+        "  api_key: {kind: provided, hint: the vendor API key}\n"
+        "  webhook: {kind: provided, optional: true}\n"
+        "  smtp: {kind: provided, optional: true}\n"
+        "  db: {kind: password}\n")
+    names = ("api_key", "webhook", "smtp", "db")
+    proj = project([svc("app", secrets=[SecretRef(n, f"/run/secrets/{n}") for n in names])],
+                   working_dir=str(tmp_path), secrets={n: Secret(n, str(sec / n)) for n in names})
+    findings = pf.run_checks(proj, fake_facts())
+    got = {f.subject: (f.severity, f.fixed_by, f.message, f.fix) for f in by(findings, "project.secrets")}
+    assert got["api_key"] == ("blocker", None, "provided secret secrets/api_key is missing; used by app",
+                              "put the vendor API key in secrets/api_key; only a person can supply it")
+    assert got["webhook"][:2] == ("warning", "secrets") and "writes a placeholder" in got["webhook"][2]
+    assert got["smtp"][:2] == ("warning", None) and "still holds the placeholder" in got["smtp"][2]
+    assert got["db"][:2] == ("blocker", "secrets")
+    assert [f.subject for f in pf.blocking(findings, ["secrets"])] == ["api_key"]
+
+
+def test_broken_secrets_registry_is_a_finding(tmp_path):
+    (tmp_path / "hyhome-secrets.yml").write_text("secrets: [unclosed\n")
+    findings = pf.run_checks(project(working_dir=str(tmp_path)), fake_facts())
+    f = by(findings, "project.secrets", "hyhome-secrets.yml")
+    assert f.severity == pf.BLOCKER and f.message.startswith("secrets registry is not valid YAML")
+
+
+@pytest.mark.docker
+def test_config_failing_only_on_env_is_left_to_the_env_step():
+    findings = pf.run_checks(pf.load(BROKEN), fake_facts())
+    cfg = by(findings, "project.compose_config", "docker compose config")
+    assert (cfg.fixed_by, cfg.fix) == ("env", "set DB_HOST in .env (the env step renders it)")
+    # with every fixing step deferred, the broken fixture no longer blocks (all its gaps are fixable)
+    assert pf.blocking(findings, pf.STEPS) == []
