@@ -7,6 +7,7 @@ complete file, never a partial one, and the new file never exists with a looser 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -17,7 +18,7 @@ from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyH
 SYSTEM_DIRS = (
     "/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/root",
     "/run", "/sbin", "/sys", "/usr", "/var", "/var/lib", "/var/lib/docker", "/var/lib/containerd",
-    "/var/run", "/home", "/opt", "/srv", "/mnt", "/media", "/tmp", "/var/tmp", "/var/log",
+    "/var/run", "/home", "/opt", "/srv", "/mnt", "/media", "/tmp", "/var/tmp", "/var/log",  # noqa: S108
 )
 # Trees that are refused as a whole, including everything beneath them.
 SYSTEM_TREES = (
@@ -67,10 +68,8 @@ def atomic_write(path: str, data: bytes, mode: int = 0o600, uid: int = -1, gid: 
         fsync_dir(directory)
     finally:
         if tmp is not None:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            except OSError:
-                pass
 
 
 def remove_stale_temps(directory: str, base: str) -> int:
