@@ -655,11 +655,20 @@ def _load_one(path: str, base_dir: str, raw: RawProject) -> RawFile:
         node = yaml.compose(text, Loader=_Loader)
         data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a safe loader (CSafeLoader/SafeLoader)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
-        line = mark.line + 1 if mark is not None else None
+        problem_mark = getattr(e, "problem_mark", None)
+        context_mark = getattr(e, "context_mark", None)
         problem = getattr(e, "problem", None) or str(e)
         context = getattr(e, "context", None)
-        msg = f"{problem} ({context})" if context else str(problem)
+        # An unclosed bracket or quote is detected where the file ends; the line it was opened on
+        # is the one to fix.
+        opened = bool(context and context_mark is not None
+                      and context.startswith(("while parsing a flow", "while scanning a quoted")))
+        mark = context_mark if opened else (problem_mark or context_mark)
+        line = mark.line + 1 if mark is not None else None
+        if opened:
+            msg = f"{problem} ({context} opened on line {line})"
+        else:
+            msg = f"{problem} ({context})" if context else str(problem)
         raw.errors.append(FileError(Location(path, line), f"YAML syntax error: {msg}"))
         return RawFile(path, None, None, base_dir)
     if data is None:

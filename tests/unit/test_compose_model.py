@@ -128,7 +128,7 @@ def test_raw_walk_files_locations_and_env_refs():
 def test_raw_fallback_when_yaml_is_broken():
     raw = load_raw(fixture("badyaml"))
     broken = os.path.join(fixture("badyaml"), "broken-service.yml")
-    assert [(e.location.file, e.location.line) for e in raw.errors] == [(broken, 5)]
+    assert [(e.location.file, e.location.line) for e in raw.errors] == [(broken, 4)]  # where the bracket opens
     assert "YAML syntax error" in raw.errors[0].message
     project = project_from_raw(raw, config_error="boom")
     assert list(project.services) == ["ok"]
@@ -298,7 +298,7 @@ def test_yaml_error_reported_with_file_and_line():
     project = load_project(root)
     assert project.source == "raw"
     assert project.config_error.startswith("yaml: line 3")
-    assert [(e.location.file, e.location.line) for e in project.file_errors] == [(f"{root}/broken-service.yml", 5)]
+    assert [(e.location.file, e.location.line) for e in project.file_errors] == [(f"{root}/broken-service.yml", 4)]
 
 
 @pytest.mark.docker

@@ -148,10 +148,11 @@ def test_root_and_include_conflict_is_explained():
 def test_yaml_syntax_error_has_file_and_line():
     _, findings, _ = run(fixture("badyaml"))
     assert summary_of(findings) == [
-        ("error", "yaml-syntax", None, "badyaml/broken-worker.yml", 5),
+        ("error", "yaml-syntax", None, "badyaml/broken-worker.yml", 4),
         ("error", "compose-config", None, "badyaml/compose.yaml", None),
     ]
-    assert findings[0].message == "YAML syntax error: did not find expected ',' or ']' (while parsing a flow sequence)"
+    assert findings[0].message == ("YAML syntax error: did not find expected ',' or ']' "
+                                   "(while parsing a flow sequence opened on line 4)")
 
 
 @pytest.mark.docker
