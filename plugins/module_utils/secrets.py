@@ -793,6 +793,30 @@ class Plan:
                 "before_header": "secrets (names and actions only)", "after_header": "secrets (names and actions only)"}
 
 
+def missing_provided(specs: list[SecretSpec], seed=None, currents=None) -> list[SecretSpec]:
+    """Provided, non-optional secrets with no value on disk nor in ``seed`` (read-only; preflight
+    can call it to list them before anything runs)."""
+    seed = seed or {}
+    out = []
+    for s in specs:
+        if s.kind != "provided" or s.optional or seed.get(s.name):
+            continue
+        cur = (currents or {}).get(s.name) or read_current(s.name, s.path)
+        if not cur.exists:
+            out.append(s)
+    return out
+
+
+def describe_missing(specs: list[SecretSpec]) -> list[str]:
+    """One line per missing provided secret: name, hint, the file to put it in, who reads it."""
+    lines = []
+    for s in specs:
+        users = f", read by {', '.join(s.consumers)}" if s.consumers else ""
+        hint = f" ({s.hint})" if s.hint else ""
+        lines.append(f"{s.name}{hint}: put the value in {s.path}{users}")
+    return lines
+
+
 def _stamp(now: datetime.datetime | None = None) -> str:
     now = now or datetime.datetime.now(datetime.UTC)
     return now.strftime("%Y%m%dT%H%M%S.%fZ")
@@ -830,20 +854,11 @@ def plan(specs: list[SecretSpec], secrets_dir: str, project=None, *, rotate=(), 
 
     # Read every file first: symlinks, directories and other bad paths fail before any write.
     currents = {s.name: read_current(s.name, s.path) for s in specs}
-    missing_provided = []
-    for s in specs:
-        cur = currents[s.name]
-        if s.kind == "provided" and not cur.exists and not s.optional and not seed.get(s.name):
-            missing_provided.append(s)
-    if missing_provided:
-        lines = []
-        for s in missing_provided:
-            users = f", read by {', '.join(s.consumers)}" if s.consumers else ""
-            hint = f" ({s.hint})" if s.hint else ""
-            lines.append(f"  - {s.name}{hint}: put the value in {s.path}{users}")
+    missing = missing_provided(specs, seed, currents)
+    if missing:
         raise HyHomeError(
-            f"{len(missing_provided)} provided secret(s) missing; only a person can supply them, nothing was "
-            "changed:\n" + "\n".join(lines)
+            f"{len(missing)} provided secret(s) missing; only a person can supply them, nothing was "
+            "changed:\n" + "\n".join(f"  - {line}" for line in describe_missing(missing))
             + "\nWrite each value to its file (one line, no trailing newline needed), or mark the secret "
               "optional: true in the secrets registry to get a placeholder.")
 

@@ -675,3 +675,42 @@ def test_files_owned_by_another_job_are_excluded(proj):
     assert core.excluded_secrets(project, str(proj / "secrets"), ["certs/*"]) == ["tls_key"]
     run(specs, proj / "secrets", project)
     assert not (proj / "secrets/certs/key.pem").exists()
+
+
+class FakeModule:
+    """Just what secret_files.run() uses of AnsibleModule."""
+
+    def __init__(self, check_mode=False, diff=True, **params):
+        self.params = {
+            "project_dir": None, "secrets_dir": None, "compose_files": [], "profiles": ["*"],
+            "derive_from_compose": True, "registry": {}, "registry_file": None, "default_kind": "password",
+            "persistent_default": True, "default_owner": 0, "default_group": 0, "shared_group": None,
+            "rotate": [], "restore": [], "seed": {}, "exclude": ["certs/*"], "manage_dir_modes": True, **params,
+        }
+        self.check_mode = check_mode
+        self._diff = diff
+        self.warnings = []
+
+    def warn(self, msg):
+        self.warnings.append(msg)
+
+
+def test_module_adapter_check_mode_then_real_then_idempotent(tmp_path):
+    from ansible_collections.hyhome.bootstrap.plugins.modules import secret_files
+
+    d = tmp_path / "secrets"
+    reg = {"a": {"file": "a"}, "k": {"kind": "ed25519", "file": "k"}}
+    (tmp_path / "reg.yml").write_text("b: {kind: uuid, file: b}\na: {length: 20}\n")
+    params = {"secrets_dir": str(d), "registry": reg, "registry_file": str(tmp_path / "reg.yml")}
+    check = secret_files.run(FakeModule(check_mode=True, **params))
+    assert check["changed"] and not d.exists()
+    assert check["changed_secrets"] == ["a", "b", "k"] and "a: generated" in check["diff"]["after"]
+    real = secret_files.run(FakeModule(**params))
+    assert real["changed"] and len((d / "a").read_bytes()) == 20      # file entry merged, registry wins
+    assert set(real["store_paths"]) == {"a", "b", "k"}
+    values = [(d / n).read_text() for n in ("a", "b", "k")]
+    assert not any(v.strip() in repr(real) for v in values)
+    again = secret_files.run(FakeModule(**params))
+    assert not again["changed"] and again["changed_secrets"] == []
+    with pytest.raises(HyHomeError, match="give project_dir"):
+        secret_files.run(FakeModule())

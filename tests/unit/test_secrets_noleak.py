@@ -1,6 +1,7 @@
-"""No generated value ever appears in playbook output, even at -vvv: first run (with the controller
-store, so seeds and fetches are exercised), check+diff run, rotation, and a rebuilt host seeded from
-the store. Every value, history record and stored copy is searched for in the combined output."""
+"""No generated value ever appears in playbook output, even at -vvv: check mode (which must write
+nothing), first run (with the controller store, so seeds and fetches are exercised), check+diff run,
+rotation, and a rebuilt host seeded from the store. Every value, history record and stored copy is
+searched for in the combined output."""
 
 from __future__ import annotations
 
@@ -81,7 +82,10 @@ def test_no_value_in_vvv_output(tmp_path):
     (tmp_path / "vars.yml").write_text(REGISTRY)
     secrets_dir = tmp_path / "project" / "secrets"
 
-    out = ansible_playbook(tmp_path)
+    out = ansible_playbook(tmp_path, "--check", "--diff")
+    assert "db_password: generated" in out
+    assert not secrets_dir.exists() and not (tmp_path / "store").exists(), "check mode wrote something"
+    out += ansible_playbook(tmp_path)
     assert "generated" in out and "db_password" in out
     out += ansible_playbook(tmp_path, "--check", "--diff")
     out += ansible_playbook(tmp_path, "-e", "secrets_rotate=db_password,admin_password", "--diff")
