@@ -292,6 +292,14 @@ def test_missing_required_variables_are_all_listed_with_their_files(project):
     assert not (project / ".env").exists()
 
 
+def test_required_option_names_must_be_non_empty(project):
+    refs = core.required_refs(["BACKUP_TARGET"])
+    expected = r"BACKUP_TARGET: not defined; a non-empty value is required \(required option\)"
+    with pytest.raises(HyHomeError, match=expected):
+        core.plan(str(project), {}, env_refs=refs)
+    assert not core.plan(str(project), {"BACKUP_TARGET": "nas"}, env_refs=refs).warnings
+
+
 def test_missing_required_counts_the_environment_when_given():
     refs = [EnvRef("A", False, True, Location("c.yaml", 3)), EnvRef("B", False, False, Location("c.yaml", 4))]
     assert core.missing_required({}, refs, environ={"A": "1", "B": ""}) == []
