@@ -51,13 +51,13 @@ fi
 
 # --- 2. Molecule target ----------------------------------------------------------------------
 target="hyhome/molecule-debian:$SUITE"
-tkey="$key-$(printf 'python3 python3-apt python3-yaml python3-docker sudo procps' | sha256sum | cut -c1-8)"
+tkey="$key-$(printf 'python3 python3-apt python3-yaml python3-docker yamllint sudo procps' | sha256sum | cut -c1-8)"
 if [ "$(label_of "$target")" != "$tkey" ]; then
   log "building $target"
   docker build -q -t "$target" --label "org.hyhome.key=$tkey" - >/dev/null <<DOCKERFILE
 FROM $base
 RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      python3 python3-apt python3-yaml python3-docker sudo procps && rm -rf /var/lib/apt/lists/*
+      python3 python3-apt python3-yaml python3-docker yamllint sudo procps && rm -rf /var/lib/apt/lists/*
 CMD ["sleep", "infinity"]
 DOCKERFILE
 fi
