@@ -412,8 +412,14 @@ def write_state(project_dir: str, doc: dict) -> None:
     from ansible_collections.hyhome.bootstrap.plugins.module_utils.fileops import atomic_write
 
     directory = os.path.join(project_dir, STATE_DIR)
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    atomic_write(state_path(project_dir), (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode(), mode=0o600)
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        atomic_write(state_path(project_dir), (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode(),
+                     mode=0o600)
+    except OSError as exc:
+        raise HyHomeError(f"cannot write the fingerprint state {state_path(project_dir)}: {exc.strerror or exc} "
+                          "(the containers are up; without the state a later rotation is detected by file "
+                          "times only)") from exc
 
 
 # --------------------------------------------------------------------------------------------

@@ -684,3 +684,9 @@ def test_docker_stop_restart_absent_keep_volumes(live):
     assert set(gone["actions"]) == {"init", "web", "worker"} and _started(live.name) == {}
     assert gone["commands"][-1][-2:] == ["down", "--remove-orphans"]
     assert not live(state="absent")["changed"]
+
+
+def test_unwritable_state_is_a_domain_error(tmp_path):
+    (tmp_path / ".hyhome").write_text("a file where the state directory should be")
+    with pytest.raises(HyHomeError, match="cannot write the fingerprint state"):
+        cu.write_state(str(tmp_path), {"version": 1})

@@ -318,3 +318,49 @@ def test_tls_nothing_listening_and_bad_ca_file(pki):
     assert sv.check_tls([p])[0].severity == "error"
     with pytest.raises(HyHomeError, match="cannot load the CA certificate"):
         sv.probe_tls("127.0.0.1", port, "x", str(pki["tmp"] / "missing.pem"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Docker-backed: the module's run() against the busybox fixture on the real engine
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.docker
+def test_docker_verify_running_fixture(tmp_path):
+    import os
+    import shutil
+    import subprocess
+    import uuid
+
+    from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_model import load_project
+    from ansible_collections.hyhome.bootstrap.plugins.modules import stack_verify as module
+
+    d = tmp_path / "proj"
+    shutil.copytree(os.path.join(os.path.dirname(__file__), "..", "fixtures", "compose_up"), d)
+    (d / "secrets").mkdir()
+    for name in ("web_token", "worker_token"):
+        (d / "secrets" / f"{name}.txt").write_text(uuid.uuid4().hex)
+        os.chmod(d / "secrets" / f"{name}.txt", 0o644)
+    name = f"hyhome-sv-pytest-{uuid.uuid4().hex[:8]}"
+    params = {"project_dir": str(d), "project_name": name, "files": None, "env_file": None, "profiles": [],
+              "checks": ["health", "security", "memory"], "settle_timeout": 30, "tls_endpoints": [],
+              "tls_host": "127.0.0.1", "tls_port": 443, "tls_server_names": ["localhost"], "tls_ca_file": None,
+              "tls_timeout": 5, "memory_ceiling_percent": 20.0}
+    try:
+        with pytest.raises(HyHomeError, match="no containers of compose project"):
+            module.run(params)
+        proj = load_project(str(d))
+        proj.name = name
+        cu.apply(cu.Engine(str(d), name), proj, cu.Options(pull="never", wait_timeout=60))
+        res = module.run(params)
+        assert res["changed"] is False
+        assert res["summary"]["errors"] == 0 and res["summary"]["accepted"] == 1, res["table"]
+        accepted = [f for f in res["findings"] if f["accepted"]]
+        assert accepted[0]["service"] == "init" and accepted[0]["rule"] == sv.RULE_NON_ROOT
+        assert {f["service"]: f["message"] for f in res["findings"] if f["check"] == "health"} == {
+            "init": "completed", "web": "ready", "worker": "ready"}
+        assert res["memory"]["limit_sum"] == 2 * 32 * MIB
+        subprocess.run(["docker", "stop", "-t", "1", f"{name}-worker-1"], check=True, capture_output=True)
+        res = module.run(dict(params, settle_timeout=0))
+        assert [f["service"] for f in res["findings"] if f["severity"] == "error" and not f["accepted"]] == ["worker"]
+    finally:
+        subprocess.run(["docker", "compose", "-p", name, "down", "-t", "1"], cwd=d, capture_output=True, check=False)
