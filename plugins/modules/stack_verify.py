@@ -178,12 +178,12 @@ def run(p: dict) -> dict:
     def fetch():
         return cu.by_service(sv.collect(client, project.name, want_stats=False)[0])
 
+    if not fetch():
+        raise HyHomeError(f"no containers of compose project {project.name}: is the stack up "
+                          f"(and is project_name right)?")
     if "health" in checks and p["settle_timeout"] > 0:
         sv.wait_settled(project, fetch, p["settle_timeout"])
     inspects, stats, host_total = sv.collect(client, project.name, want_stats="memory" in checks)
-    if not inspects:
-        raise HyHomeError(f"no containers of compose project {project.name}: is the stack up "
-                          f"(and is project_name right)?")
     findings: list[sv.Finding] = []
     if "health" in checks:
         findings += sv.check_health(project, cu.by_service(inspects))
