@@ -1,0 +1,173 @@
+#!/usr/bin/env bash
+# day0 end to end, on this machine's Docker engine, from a clean clone of the committed tree:
+#   1. first run (scripts/day0.sh, the README's command) -> every service healthy;
+#      the gateway answers over TLS trusting only rootCA.pem; web and API answer through it;
+#      the init sidecar exited 0 and its role exists in PostgreSQL;
+#   2. second run -> changed=0 and no container's StartedAt changed; --check -> changed=0;
+#   3. drift battery, each fixed by one re-run;
+#   4. a persistent secret deleted after the database holds data -> refused, then restored.
+# Leaves nothing behind: containers, volumes, data, CA trust and the clone are removed.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+WORK=$(mktemp -d /tmp/hyhome-e2e.XXXXXX)
+REPO="$WORK/repo"
+STACK="$REPO/stack"
+PROJECT=hyhome
+LOG="$WORK/logs"
+mkdir -p "$LOG"
+step=0
+
+say() { printf '\n[e2e] %s\n' "$*"; }
+fail() { printf '[e2e] FAIL: %s\n' "$*" >&2; exit 1; }
+
+cleanup() {
+  local rc=$?
+  if [ -d "$STACK" ]; then
+    (cd "$STACK" && docker compose down -v --remove-orphans >/dev/null 2>&1) || echo "[e2e] compose down failed" >&2
+  fi
+  if [ -x "$REPO/.venv/bin/ansible-playbook" ]; then
+    (cd "$REPO" && .venv/bin/ansible-playbook playbooks/tls.yml -e tls_trust_uninstall=true \
+       -e "tls_ca_dir=$WORK/ca" >"$LOG/trust-uninstall.log" 2>&1) || echo "[e2e] CA trust uninstall failed" >&2
+  fi
+  if [ "$rc" -ne 0 ]; then
+    echo "[e2e] logs kept in $LOG" >&2
+  else
+    rm -rf "$WORK"
+  fi
+}
+trap cleanup EXIT
+
+# Runs day0 in the clone; output saved per step; echoes the log path.
+day0() {
+  step=$((step + 1))
+  local log="$LOG/$(printf '%02d' "$step")-day0.log"
+  if ! (cd "$REPO" && ./scripts/day0.sh -e "tls_ca_dir=$WORK/ca" "$@") >"$log" 2>&1; then
+    tail -n 60 "$log" >&2
+    fail "day0 $* failed (log: $log)"
+  fi
+  echo "$log"
+}
+
+# The recap must say changed=0 and failed=0 for every host.
+assert_no_change() {
+  local log=$1
+  grep -E '^[^ ].*: ok=' "$log" >"$log.recap"
+  if grep -vqE 'changed=0 .*failed=0' "$log.recap"; then
+    grep -E 'changed:' "$log" | head -n 20 >&2
+    fail "expected changed=0: $(cat "$log.recap")"
+  fi
+}
+
+started_at() {
+  docker ps -aq --filter "label=com.docker.compose.project=$PROJECT" \
+    | xargs -r docker inspect --format '{{ index .Config.Labels "com.docker.compose.service" }} {{ .Id }} {{ .State.StartedAt }}' \
+    | sort
+}
+
+assert_all_healthy() {
+  local bad
+  bad=$(docker ps -a --filter "label=com.docker.compose.project=$PROJECT" --format '{{.Names}}' | while read -r c; do
+    docker inspect --format '{{.Name}} {{.State.Status}} {{.State.ExitCode}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}} {{ index .Config.Labels "com.docker.compose.oneoff" }}' "$c"
+  done | awk '!(($2 == "running" && ($4 == "healthy" || $4 == "none")) || ($2 == "exited" && $3 == 0))')
+  [ -z "$bad" ] || fail "containers not healthy: $bad"
+}
+
+env_get() { grep -E "^$1=" "$STACK/.env" | tail -n1 | cut -d= -f2-; }
+
+https_get() {   # host path -> body; trusts only the project's rootCA.pem
+  local host=$1 path=$2 port
+  port=$(env_get GATEWAY_HTTPS_PORT)
+  curl -fsS --max-time 10 --cacert "$STACK/secrets/certs/rootCA.pem" \
+    --resolve "$host:$port:127.0.0.1" "https://$host:$port$path"
+}
+
+psql_q() {
+  (cd "$STACK" && docker compose exec -T postgres psql -U postgres -tAc "$1")
+}
+
+say "clean clone of $ROOT at $(git -C "$ROOT" rev-parse --short HEAD)"
+git clone -q "$ROOT" "$REPO"
+
+say "1. first day0 run"
+t=$SECONDS
+log=$(day0)
+say "first run: $((SECONDS - t)) s"
+assert_all_healthy
+domain=$(env_get HYHOME_DOMAIN)
+https_get "web.$domain" / | grep -qi 'hy-home' || fail "web did not answer through the gateway"
+https_get "api.$domain" /readyz | grep -q '"ok"' || fail "api (with its database check) did not answer through the gateway"
+for v in 1.0 1.1; do
+  if curl -fsS --max-time 5 --tlsv$v --tls-max $v --cacert "$STACK/secrets/certs/rootCA.pem" \
+       --resolve "web.$domain:$(env_get GATEWAY_HTTPS_PORT):127.0.0.1" "https://web.$domain:$(env_get GATEWAY_HTTPS_PORT)/" >/dev/null 2>&1; then
+    fail "gateway accepted TLS $v"
+  fi
+done
+init=$(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT" --filter "label=com.docker.compose.service=postgres-init")
+[ -n "$init" ] || fail "no postgres-init container"
+[ "$(docker inspect --format '{{.State.Status}} {{.State.ExitCode}}' "$init")" = "exited 0" ] || fail "postgres-init did not exit 0"
+app_user=$(env_get APP_DB_USER)
+[ "$(psql_q "select 1 from pg_roles where rolname = '$app_user'")" = 1 ] || fail "role $app_user missing in PostgreSQL"
+grep -q . "$STACK/.env" && ! grep -qiE '^[A-Z_]*(PASSWORD|SECRET|TOKEN)[A-Z_]*=.+' "$STACK/.env" || fail ".env holds a secret"
+
+say "2. second run: nothing changes, nothing restarts"
+before=$(started_at)
+t=$SECONDS
+log=$(day0)
+say "no-op re-run: $((SECONDS - t)) s"
+assert_no_change "$log"
+[ "$before" = "$(started_at)" ] || fail "a container restarted on a no-change run"
+log=$(day0 --check --diff)
+assert_no_change "$log"
+[ "$before" = "$(started_at)" ] || fail "--check touched a container"
+
+say "3. drift battery"
+# (a) a secret made world-readable
+chmod 0644 "$STACK/secrets/cache/redis_password"
+day0 >/dev/null
+[ "$(stat -c %a "$STACK/secrets/cache/redis_password")" = 400 ] || fail "secret mode not restored"
+# (b) a data directory chowned wrong
+chown -R 0:0 "$STACK/data/postgres"
+day0 >/dev/null
+[ "$(stat -c %u "$STACK/data/postgres")" = 999 ] || fail "data dir owner not restored"
+# (c) cert.pem deleted: re-issued, and the gateway (which mounts it) recreated
+gw_before=$(started_at | awk '$1 == "gateway" {print $2}')
+rm -f "$STACK/secrets/certs/cert.pem"
+day0 >/dev/null
+[ -s "$STACK/secrets/certs/cert.pem" ] || fail "cert.pem not re-issued"
+[ "$gw_before" != "$(started_at | awk '$1 == "gateway" {print $2}')" ] || fail "gateway not recreated for the new certificate"
+https_get "web.$domain" / >/dev/null || fail "gateway does not serve the re-issued certificate"
+# (d) a container stopped
+(cd "$STACK" && docker compose stop -t 5 web >/dev/null 2>&1)
+day0 >/dev/null
+assert_all_healthy
+# (e) a .env value edited
+sed -i 's/^PROMETHEUS_RETENTION=.*/PROMETHEUS_RETENTION=1d/' "$STACK/.env"
+day0 >/dev/null
+[ "$(env_get PROMETHEUS_RETENTION)" = 7d ] || fail ".env drift not corrected"
+assert_all_healthy
+# (f) a secret rotated: exactly its consumers are recreated
+before=$(started_at)
+old=$(sha256sum "$STACK/secrets/cache/redis_password")
+log=$(day0 -e '{"secrets_rotate": ["redis_password"]}')
+[ "$old" != "$(sha256sum "$STACK/secrets/cache/redis_password")" ] || fail "redis_password not rotated"
+ls "$STACK"/secrets/.history/*redis_password* >/dev/null 2>&1 || ls -R "$STACK/secrets" | grep -q redis_password || fail "no rotation history"
+after=$(started_at)
+changed_services=$(diff <(echo "$before") <(echo "$after") | awk '/^>/ {print $2}' | sort -u | tr '\n' ' ')
+[ "$changed_services" = "cache cache-exporter " ] || fail "rotation recreated '$changed_services', expected 'cache cache-exporter '"
+assert_all_healthy
+# A final re-run after the battery is a no-op again.
+assert_no_change "$(day0)"
+
+say "4. a persistent secret lost after the database holds data"
+mv "$STACK/secrets/postgres/postgres_password" "$WORK/postgres_password.saved"
+step=$((step + 1)); log="$LOG/$(printf '%02d' "$step")-day0-refused.log"
+if (cd "$REPO" && ./scripts/day0.sh -e "tls_ca_dir=$WORK/ca") >"$log" 2>&1; then
+  fail "day0 silently replaced a lost persistent secret"
+fi
+grep -q 'postgres_password' "$log" || fail "the refusal does not name postgres_password"
+[ ! -e "$STACK/secrets/postgres/postgres_password" ] || fail "a new postgres_password was generated"
+# With rotation history present, the documented restore brings the same value back.
+mv "$WORK/postgres_password.saved" "$STACK/secrets/postgres/postgres_password"
+assert_no_change "$(day0)"
+
+say "passed"
