@@ -826,9 +826,9 @@ def apply(engine, project, opts: Options) -> dict:
         raise HyHomeError(f"unknown state {opts.state!r}")
     all_services = set(project.services)
     selected = set(opts.services) if opts.services else set(all_services)
-    unknown = sorted(set(opts.recreate) - all_services)
-    if unknown:
-        raise HyHomeError(f"recreate names unknown service(s): {', '.join(unknown)}")
+    # Names outside the active project (another profile, a removed service) are reported, not fatal:
+    # the list often comes from another step (the secrets role's consumers of a rotated secret).
+    recreate_ignored = sorted(set(opts.recreate) - all_services)
     targets = dependency_closure(project, selected) if opts.state in ("present", "restarted") else (
         dependency_closure(project, selected) & selected)
     state_doc = read_state(project.working_dir)
@@ -836,7 +836,7 @@ def apply(engine, project, opts: Options) -> dict:
     salt = state_salt(state_doc, project.name)
     before = engine.containers()
     result: dict = {"changed": False, "state": opts.state, "project": project.name, "commands": [],
-                    "orphans": [], "images_built": [], "images_pulled": []}
+                    "orphans": [], "images_built": [], "images_pulled": [], "recreate_ignored": recreate_ignored}
     fingerprints: dict[str, Fingerprint] = {}
 
     if opts.state in ("present", "restarted"):

@@ -106,7 +106,9 @@ options:
     type: int
     default: 300
   recreate:
-    description: Services to recreate even when nothing changed.
+    description:
+      - Services to recreate even when nothing changed.
+      - Names that are not services of the active project are ignored with a warning.
     type: list
     elements: str
     default: []
@@ -191,6 +193,11 @@ images_pulled:
   returned: always
   type: list
   elements: str
+recreate_ignored:
+  description: Names in O(recreate) that are not services of the active project (ignored, with a warning).
+  returned: always
+  type: list
+  elements: str
 commands:
   description: The C(docker compose) command lines that were run.
   returned: always
@@ -258,6 +265,9 @@ def main():
             check_mode=module.check_mode, diff=module._diff,
         )
         result = core.apply(engine, project, opts)
+        if result.get("recreate_ignored"):
+            module.warn("recreate lists services not in the active project, ignored: "
+                        + ", ".join(result["recreate_ignored"]))
     except HyHomeError as e:
         partial = e.details.get("result") or {}
         module.fail_json(msg=e.msg, **{k: v for k, v in partial.items() if k not in ("msg", "failed")})

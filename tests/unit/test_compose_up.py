@@ -536,10 +536,14 @@ def test_apply_up_then_noop_then_rotation(tmp_path):
     assert not cu.apply(eng, proj, cu.Options(wait_timeout=5))["changed"]
 
 
-def test_apply_rejects_unknown_recreate(tmp_path):
+def test_apply_reports_unknown_recreate_names_and_forces_known_ones(tmp_path):
     proj = project(tmp_path)
-    with pytest.raises(HyHomeError, match="recreate names unknown"):
-        cu.apply(FakeEngine(proj), proj, cu.Options(recreate=["ghost"]))
+    eng = FakeEngine(proj)
+    cu.apply(eng, proj, cu.Options(wait_timeout=5))
+    res = cu.apply(eng, proj, cu.Options(recreate=["ghost", "web"], check_mode=True))
+    assert res["recreate_ignored"] == ["ghost"]
+    assert res["plan"]["web"] == {"action": "recreate", "reasons": ["recreate requested"]}
+    assert res["plan"]["proxy"]["action"] == "recreate"   # shares web's network namespace
 
 
 def test_apply_stop_and_absent(tmp_path):
