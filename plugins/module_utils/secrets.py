@@ -772,7 +772,7 @@ class Plan:
         for i in self.items:
             if not i.changed:
                 continue
-            state = "absent" if i.action in ("generated", "placeholder-written") else "present"
+            state = "present" if i.action in ("ok", "rotated", "rederived", "rolled-back") else "absent or empty"
             before.append(f"{i.spec.name}: {state}")
             what = [i.action] if i.action != "ok" else []
             if i.permissions:
