@@ -15,7 +15,6 @@ STACK="$REPO/stack"
 PROJECT=hyhome
 LOG="$WORK/logs"
 mkdir -p "$LOG"
-step=0
 
 say() { printf '\n[e2e] %s\n' "$*"; }
 fail() { printf '[e2e] FAIL: %s\n' "$*" >&2; exit 1; }
@@ -38,9 +37,16 @@ cleanup() {
 trap cleanup EXIT
 
 # Runs day0 in the clone; output saved per step; echoes the log path.
+next_log() {   # numbered per run; a counter file, because day0 often runs in a $(...) subshell
+  local n
+  n=$(( $(cat "$LOG/.n" 2>/dev/null || echo 0) + 1 ))
+  echo "$n" >"$LOG/.n"
+  printf '%s/%02d-%s.log' "$LOG" "$n" "$1"
+}
+
 day0() {
-  step=$((step + 1))
-  local log="$LOG/$(printf '%02d' "$step")-day0.log"
+  local log
+  log=$(next_log day0)
   if ! (cd "$REPO" && ./scripts/day0.sh -e "tls_ca_dir=$WORK/ca" "$@") >"$log" 2>&1; then
     tail -n 60 "$log" >&2
     fail "day0 $* failed (log: $log)"
@@ -150,17 +156,17 @@ before=$(started_at)
 old=$(sha256sum "$STACK/secrets/cache/redis_password")
 log=$(day0 -e '{"secrets_rotate": ["redis_password"]}')
 [ "$old" != "$(sha256sum "$STACK/secrets/cache/redis_password")" ] || fail "redis_password not rotated"
-ls "$STACK"/secrets/.history/*redis_password* >/dev/null 2>&1 || ls -R "$STACK/secrets" | grep -q redis_password || fail "no rotation history"
+compgen -G "$STACK/secrets/.history/cache/redis_password/*-rotated-out" >/dev/null || fail "no rotation history for redis_password"
 after=$(started_at)
 changed_services=$(diff <(echo "$before") <(echo "$after") | awk '/^>/ {print $2}' | sort -u | tr '\n' ' ')
-[ "$changed_services" = "cache cache-exporter " ] || fail "rotation recreated '$changed_services', expected 'cache cache-exporter '"
+[ "$changed_services" = "cache cache-exporter " ] || fail "rotation recreated '$changed_services', expected 'cache cache-exporter ' (log: $log)"
 assert_all_healthy
 # A final re-run after the battery is a no-op again.
 assert_no_change "$(day0)"
 
 say "4. a persistent secret lost after the database holds data"
 mv "$STACK/secrets/postgres/postgres_password" "$WORK/postgres_password.saved"
-step=$((step + 1)); log="$LOG/$(printf '%02d' "$step")-day0-refused.log"
+log=$(next_log day0-refused)
 if (cd "$REPO" && ./scripts/day0.sh -e "tls_ca_dir=$WORK/ca") >"$log" 2>&1; then
   fail "day0 silently replaced a lost persistent secret"
 fi
