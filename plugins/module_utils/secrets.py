@@ -961,7 +961,7 @@ def plan(specs: list[SecretSpec], secrets_dir: str, project=None, *, rotate=(), 
             elif s.kind == "provided":
                 item.value = placeholder_value(s.name)
                 item.action = "placeholder-written"
-                item.warnings.append(f"{s.name} is optional and missing: wrote a placeholder to {s.path}; "
+                item.warnings.append(f"{s.name} is optional and missing: it gets a placeholder at {s.path}; "
                                      "put the real value there")
             else:
                 item.value = generate_value(s)

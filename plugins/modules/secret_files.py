@@ -88,8 +88,9 @@ options:
     default: {}
   registry_file:
     description:
-      - A YAML file on the managed host with registry entries (for example one shipped with the project).
-        Entries in O(registry) win, key by key. A missing file is ignored.
+      - A YAML file on the managed host with registry entries (for example one shipped with the project), at
+        the top level or under C(secrets:). Entries in O(registry) win, key by key. A missing file is ignored.
+      - Default C(<project_dir>/hyhome-secrets.yml).
     type: path
   default_kind:
     description: Kind of a secret the registry does not describe.
@@ -264,6 +265,8 @@ def _load_registry_file(path):
             data = yaml.safe_load(fh) or {}
     except (OSError, yaml.YAMLError) as e:
         raise HyHomeError(f"registry_file {path} cannot be read: {e}") from None
+    if isinstance(data, dict) and isinstance(data.get("secrets"), dict):
+        data = data["secrets"]   # the mapping may also sit under `secrets:` (as preflight accepts)
     if not isinstance(data, dict):
         raise HyHomeError(f"registry_file {path} must be a mapping of secret names to entries")
     return data
@@ -287,7 +290,10 @@ def run(module):
         if project.config_error:
             warnings.append("docker compose config failed, secrets were read from the raw compose files: "
                             + project.config_error.splitlines()[0])
-    registry = _load_registry_file(p["registry_file"])
+    registry_file = p["registry_file"]
+    if registry_file is None and p["project_dir"]:
+        registry_file = os.path.join(p["project_dir"], "hyhome-secrets.yml")
+    registry = _load_registry_file(registry_file)
     for name, entry in (p["registry"] or {}).items():
         base = registry.get(name) if isinstance(registry.get(name), dict) else {}
         registry[name] = {**base, **(entry or {})}

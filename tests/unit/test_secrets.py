@@ -700,7 +700,7 @@ def test_module_adapter_check_mode_then_real_then_idempotent(tmp_path):
 
     d = tmp_path / "secrets"
     reg = {"a": {"file": "a"}, "k": {"kind": "ed25519", "file": "k"}}
-    (tmp_path / "reg.yml").write_text("b: {kind: uuid, file: b}\na: {length: 20}\n")
+    (tmp_path / "reg.yml").write_text("secrets:\n  b: {kind: uuid, file: b}\n  a: {length: 20}\n")
     params = {"secrets_dir": str(d), "registry": reg, "registry_file": str(tmp_path / "reg.yml")}
     check = secret_files.run(FakeModule(check_mode=True, **params))
     assert check["changed"] and not d.exists()
