@@ -205,6 +205,8 @@ commands:
   elements: list
 """
 
+import shutil  # noqa: E402
+
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402 - after the documentation, as Ansible expects
 from ansible_collections.hyhome.bootstrap.plugins.module_utils import compose_up as core  # noqa: E402
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_model import load_project  # noqa: E402
@@ -237,6 +239,12 @@ def main():
     p = module.params
     try:
         refuse_dangerous(p["project_dir"], "project_dir")
+        if module.check_mode and p["state"] == "present" and not shutil.which(p["docker_cli"]):
+            # --check on a new machine: Docker is installed by an earlier step that only simulated.
+            module.warn(f"{p['docker_cli']} is not installed yet; check mode assumes the whole project is created")
+            module.exit_json(changed=True, state=p["state"], project=p["project_name"] or "", plan={}, actions={},
+                             services={}, orphans=[], images_built=[], images_pulled=[], commands=[],
+                             recreate_ignored=[])
         if p["wait_timeout"] <= 0:
             raise HyHomeError("wait_timeout must be a positive number of seconds")
         project = load_project(p["project_dir"], files=p["files"], env_file=p["env_file"],
