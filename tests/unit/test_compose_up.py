@@ -694,3 +694,34 @@ def test_unwritable_state_is_a_domain_error(tmp_path):
     (tmp_path / ".hyhome").write_text("a file where the state directory should be")
     with pytest.raises(HyHomeError, match="cannot write the fingerprint state"):
         cu.write_state(str(tmp_path), {"version": 1})
+
+
+def _run_module(tmp_path, args, env=None):
+    """Run the module the way Ansible does (args file, JSON on stdout)."""
+    import sys
+
+    path = tmp_path / "args.json"
+    path.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
+    proc = subprocess.run([sys.executable, "-m", "ansible_collections.hyhome.bootstrap.plugins.modules.compose_project",
+                           str(path)], capture_output=True, text=True, env=env, check=False, timeout=60)
+    return json.loads(proc.stdout), proc.stderr
+
+
+def test_module_domain_errors_are_messages_not_tracebacks(tmp_path):
+    out, err = _run_module(tmp_path, {"project_dir": str(tmp_path / "missing")})
+    assert out["failed"] and "does not exist" in out["msg"] and "Traceback" not in err
+    out, _ = _run_module(tmp_path, {"project_dir": "/etc"})
+    assert out["failed"] and "refusing project_dir /etc" in out["msg"]
+    out, _ = _run_module(tmp_path, {"project_dir": str(tmp_path), "state": "sideways"})
+    assert out["failed"] and "value of state must be one of" in out["msg"]
+
+
+def test_module_check_mode_on_a_machine_without_docker(tmp_path):
+    import sys
+
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable))   # no docker on PATH
+    out, _ = _run_module(tmp_path, {"project_dir": FIXTURE, "_ansible_check_mode": True}, env=env)
+    assert out["changed"] is True and "failed" not in out
+    assert any("not installed yet" in str(w) for w in out.get("warnings", []))
+    out, _ = _run_module(tmp_path, {"project_dir": FIXTURE}, env=env)
+    assert out["failed"] and "docker" in out["msg"]
