@@ -10,8 +10,10 @@ Why not just ``docker compose up -d --wait``:
   and config files, so a rotated secret recreates nothing. We keep a per-service SHA-256 over that
   content (plus the config hash) in ``<project>/.hyhome/state.json`` and recreate exactly the
   services whose fingerprint changed.
-* ``up -d`` restarts one-shot init containers that already exited 0 (a re-run is never a no-op);
-  we pass Compose only the services that need creating, starting or recreating.
+* ``up -d`` restarts one-shot init containers that already exited 0 (a re-run is never a no-op),
+  and ``up --no-deps`` labels containers with a config hash computed without their dependencies.
+  We hand ``docker compose create`` only the services that need creating or recreating, then start
+  containers ourselves in dependency order, each once its ``depends_on`` conditions hold.
 * ``--wait`` gives up as soon as a container is unhealthy and fails on init containers that
   exited 0; our poller keeps trying until the timeout and accepts init services that exited 0.
 * ``changed`` comes from container ids and ``State.StartedAt`` before/after, not from Compose's
@@ -862,6 +864,7 @@ def apply(engine, project, opts: Options) -> dict:
             plan.orphans = find_orphans(project, before)
 
     result["plan"] = plan.as_dict()
+    result["orphans"] = list(plan.orphans)
     result["fingerprints"] = {n: fp.short for n, fp in sorted(fingerprints.items())}
     truncated = sorted({p for fp in fingerprints.values() for p in fp.truncated})
     if truncated:

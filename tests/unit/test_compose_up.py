@@ -546,6 +546,20 @@ def test_apply_reports_unknown_recreate_names_and_forces_known_ones(tmp_path):
     assert res["plan"]["proxy"]["action"] == "recreate"   # shares web's network namespace
 
 
+def test_apply_removes_orphans_only_when_asked(tmp_path):
+    proj = project(tmp_path)
+    eng = FakeEngine(proj)
+    cu.apply(eng, proj, cu.Options(wait_timeout=5))
+    old = inspect("retired", config_hash="h")
+    eng.items[old["Id"]] = old
+    res = cu.apply(eng, proj, cu.Options(wait_timeout=5))
+    assert res["orphans"] == [] and old["Id"] in eng.items and not res["changed"]
+    res = cu.apply(eng, proj, cu.Options(wait_timeout=5, remove_orphans=True, check_mode=True))
+    assert res["orphans"] == ["p-retired-1"] and res["changed"] and old["Id"] in eng.items
+    res = cu.apply(eng, proj, cu.Options(wait_timeout=5, remove_orphans=True))
+    assert res["actions"] == {"retired": ["removed"]} and old["Id"] not in eng.items
+
+
 def test_apply_stop_and_absent(tmp_path):
     proj = project(tmp_path)
     eng = FakeEngine(proj)
