@@ -118,6 +118,16 @@ def _user_is_root(user: str | None) -> bool:
     return name in ("", "0", "root")
 
 
+def security_summary(inspects: list[dict], findings: list[Finding]) -> Finding:
+    """One info line: how many containers meet the whole baseline (no error finding at all)."""
+    failing = {f.container for f in findings if f.check == "security" and f.severity == "error"}
+    names = [cu.ContainerInfo.from_inspect(a).name for a in inspects]
+    ok = [n for n in names if n not in failing]
+    return Finding("security", "security-baseline", "info",
+                   f"{len(ok)} of {len(names)} containers meet the whole baseline (no-new-privileges, cap_drop ALL, "
+                   "non-root, no host namespaces, not privileged, memory limit)")
+
+
 def check_security(attrs: dict) -> list[Finding]:
     """Baseline of one container from ``docker inspect``: no-new-privileges, cap_drop ALL,
     non-root user, no host pid/net/ipc, not privileged, a memory limit."""
@@ -336,6 +346,9 @@ def check_tls(probes: list[TlsProbe]) -> list[Finding]:
             out.append(Finding("tls", RULE_TLS, "error", f"{where}: {p.error}"))
         if p.version in ("TLSv1", "TLSv1.1"):
             out.append(Finding("tls", RULE_TLS, "error", f"{where}: negotiated {p.version}"))
+        refused = sorted(label for label, outcome in p.legacy.items() if outcome == "refused")
+        if refused:
+            out.append(Finding("tls", RULE_TLS, "info", f"{where}: refuses {', '.join(refused)}"))
         for label, outcome in sorted(p.legacy.items()):
             if outcome == "accepted":
                 out.append(Finding("tls", RULE_TLS, "error", f"{where}: accepts {label} (TLS 1.2+ only required)"))

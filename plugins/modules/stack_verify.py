@@ -195,8 +195,10 @@ def run(p: dict) -> dict:
     if "health" in checks:
         findings += sv.check_health(project, cu.by_service(inspects))
     if "security" in checks:
+        security: list[sv.Finding] = []
         for attrs in inspects:
-            findings += sv.check_security(attrs)
+            security += sv.check_security(attrs)
+        findings += [*security, sv.security_summary(inspects, security)]
     if "memory" in checks:
         report, found = sv.check_memory(inspects, stats, host_total, p["memory_ceiling_percent"])
         findings += found

@@ -72,6 +72,12 @@ def test_each_baseline_violation_is_an_error(kwargs, rule):
     assert rules(sv.check_security(container("db", **kwargs))) == [("db", rule)]
 
 
+def test_security_summary_counts_containers_meeting_the_baseline():
+    cs = [container("a"), container("b", user="root"), container("c", cap_add=["NET_BIND_SERVICE"])]
+    found = [f for c in cs for f in sv.check_security(c)]
+    assert sv.security_summary(cs, found).message.startswith("2 of 3 containers meet the whole baseline")
+
+
 def test_equivalent_spellings_pass():
     c = container("api", security_opt=["no-new-privileges"], cap_drop=["CAP_ALL"], user="postgres")
     c["HostConfig"]["CapDrop"] = ["all"]
@@ -284,6 +290,8 @@ def test_tls_verified_chain_hostname_and_legacy_refused(pki, server):
     found = sv.check_tls([p])
     assert rules(found) == []
     assert "chain to the local CA and hostname verified" in found[0].message
+    if "refused" in p.legacy.values():
+        assert any("refuses TLSv1" in f.message for f in found)
 
 
 def test_tls_hostname_mismatch(pki, server):
@@ -354,6 +362,7 @@ def test_docker_verify_running_fixture(tmp_path):
         res = module.run(params)
         assert res["changed"] is False
         assert res["summary"]["errors"] == 0 and res["summary"]["accepted"] == 1, res["table"]
+        assert "2 of 3 containers meet the whole baseline" in res["table"]
         accepted = [f for f in res["findings"] if f["accepted"]]
         assert accepted[0]["service"] == "init" and accepted[0]["rule"] == sv.RULE_NON_ROOT
         assert {f["service"]: f["message"] for f in res["findings"] if f["check"] == "health"} == {
