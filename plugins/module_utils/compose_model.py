@@ -109,6 +109,7 @@ class Service:
     security_opt: list[str] = field(default_factory=list)
     cap_add: list[str] = field(default_factory=list)
     cap_drop: list[str] = field(default_factory=list)
+    group_add: list[str] = field(default_factory=list)   # supplementary groups (names or gids)
     privileged: bool = False
     pid: str | None = None
     ipc: str | None = None
@@ -530,6 +531,7 @@ def _service_from_dict(name: str, svc: dict, volumes: dict, base_dir: str) -> Se
         security_opt=_str_list(svc.get("security_opt")),
         cap_add=_str_list(svc.get("cap_add")),
         cap_drop=_str_list(svc.get("cap_drop")),
+        group_add=_str_list(svc.get("group_add")),
         privileged=_as_bool(svc.get("privileged", False)),
         pid=svc.get("pid") or None,
         ipc=svc.get("ipc") or None,
@@ -610,7 +612,7 @@ class RawProject:
         return merged
 
 
-def _read_dotenv(path: str | None) -> dict[str, str]:
+def read_dotenv(path: str | None) -> dict[str, str]:
     """Minimal .env reader (KEY=VALUE, optional quotes, ``export``, comments)."""
     env: dict[str, str] = {}
     if not path or not os.path.isfile(path):
@@ -740,7 +742,7 @@ def load_raw(project_dir, files=None, env_file=None) -> RawProject:
     project_dir = _check_project_dir(project_dir)
     roots = _root_files(project_dir, files)
     env_path = _abspath(str(env_file), project_dir) if env_file else os.path.join(project_dir, ".env")
-    raw = RawProject(project_dir, env_file=env_path, env=_read_dotenv(env_path))
+    raw = RawProject(project_dir, env_file=env_path, env=read_dotenv(env_path))
     seen: set[str] = set()
 
     def walk(path: str, base_dir: str, role: str = "compose") -> None:

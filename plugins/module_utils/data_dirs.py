@@ -658,7 +658,8 @@ def _plan_item(project, hp: HostPath, services, opts, resolver, path_overrides, 
             gid = _override_identity({"owner": 0, "group": opts["shared_group"]}, "shared_group").gid
         report = {"path": hp.path, "owner": ident.uid, "group": gid,
                   "users": {s: f"{i.uid}:{i.gid}" for s, i in sorted(idents.items())}}
-        needs = sorted(s for s, i in idents.items() if i.gid != gid and i.uid != ident.uid)
+        needs = sorted(s for s, i in idents.items()
+                       if i.gid != gid and i.uid != ident.uid and str(gid) not in project.services[s].group_add)
         if needs:
             report["hint"] = (f"add group_add: ['{gid}'] to {', '.join(needs)} so they can use the shared group "
                               f"{gid}, or set shared_group / an override")

@@ -706,7 +706,7 @@ def _read_env(path: str) -> tuple[dict[str, str] | None, str | None]:
     if not os.path.exists(path):
         return None, None
     try:
-        return compose_model._read_dotenv(path), None
+        return compose_model.read_dotenv(path), None
     except OSError as exc:
         return None, f"cannot be read: {exc.strerror}"
 

@@ -18,6 +18,7 @@ Values never leave this module except into files: results carry names, paths and
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime
 import hmac
 import math
@@ -97,6 +98,7 @@ class Reader:
     service: str
     uid: int
     gid: int | None     # None when ``user:`` gave no group
+    groups: tuple[int, ...] = ()   # numeric ``group_add`` entries
 
 
 @dataclass(frozen=True)
@@ -424,7 +426,7 @@ def resolve_access(spec: SecretSpec, readers: list[Reader], default_uid: int, de
     mode = spec.mode if spec.mode is not None else FILE_MODE_GROUP
     who = ", ".join(f"{r.service} (uid {r.uid})" for r in readers)
     note = f"consumers run as different users: {who}; owner {uid}, group {gid}, mode {mode:04o}"
-    blocked = [r.service for r in readers if r.uid != uid and r.gid != gid]
+    blocked = [r.service for r in readers if r.uid != uid and r.gid != gid and gid not in r.groups]
     if blocked:
         note += f"; {', '.join(blocked)} must run with group_add: ['{gid}'] to read it"
     return Access(uid, gid, mode, note)
@@ -437,8 +439,31 @@ def readers_for(spec: SecretSpec, project, default_uid: int) -> list[Reader]:
         svc = services.get(name)
         if svc is None and project is not None:
             raise HyHomeError(f"secret {spec.name}: consumer {name!r} is not a service of the compose project")
-        out.append(parse_user(name, svc.user if svc is not None else None, default_uid))
+        reader = parse_user(name, svc.user if svc is not None else None, default_uid)
+        if svc is not None:
+            reader = dataclasses.replace(reader, groups=tuple(int(g) for g in svc.group_add if str(g).isdigit()))
+        out.append(reader)
     return sorted(out, key=lambda r: r.service)
+
+
+def data_held_by_consumers(spec: SecretSpec, project) -> list[str]:
+    """The writable bind-mounted directories of ``spec``'s consumers that already hold data
+    ("service:path"), i.e. where a value generated anew would not match what the data was made with."""
+    if project is None:
+        return []
+    held = []
+    for name in spec.consumers:
+        svc = project.services.get(name)
+        for m in svc.mounts if svc is not None else ():
+            if m.read_only or not m.host_path or not os.path.isdir(m.host_path):
+                continue
+            try:
+                with os.scandir(m.host_path) as it:
+                    if next(it, None) is not None:
+                        held.append(f"{name}:{m.host_path}")
+            except OSError:
+                continue
+    return sorted(set(held))
 
 
 # --------------------------------------------------------------------------------------------
@@ -861,6 +886,25 @@ def plan(specs: list[SecretSpec], secrets_dir: str, project=None, *, rotate=(), 
             "changed:\n" + "\n".join(f"  - {line}" for line in describe_missing(missing))
             + "\nWrite each value to its file (one line, no trailing newline needed), or mark the secret "
               "optional: true in the secrets registry to get a placeholder.")
+
+    # A persistent secret that is gone with nothing to restore it from, while its consumers already
+    # hold data made with the old value: refuse rather than lock them out with a new value.
+    refused = []
+    for s in specs:
+        cur = currents[s.name]
+        if (s.persistent and s.kind != "provided" and not cur.exists
+                and not seed.get(s.name) and s.name not in rotate
+                and latest_current(history_entries(secrets_dir, s.relpath)) is None):
+            holders = data_held_by_consumers(s, project)
+            if holders:
+                refused.append(
+                    f"{s.name} is missing and has no history to restore it from, but its consumers already hold "
+                    f"data keyed to the old value ({', '.join(holders)}); a new value would lock them out. "
+                    f"Put the old value back in {s.path} (backup or controller store), or, to start that "
+                    f"data afresh on purpose, empty the directories listed")
+    if refused:
+        raise HyHomeError("refusing to generate a different value for a persistent secret, nothing was changed:\n"
+                          + "\n".join(f"  - {r}" for r in refused))
 
     items: dict[str, Item] = {}
     stamp = _stamp()

@@ -359,6 +359,9 @@ def test_plan_and_apply_fixture_then_rerun_changes_nothing(tmp_path):
     assert owner_mode(os.path.join(r, "data/shared")) == (1000, 1000, 0o2770)
     assert res["shared"][0]["users"] == {"app": "1000:1000", "worker": "2000:2000"}
     assert "group_add: ['1000'] to worker" in res["shared"][0]["hint"]
+    # A worker that already has the group added needs no hint.
+    project.services["worker"].group_add = ["1000"]
+    assert "hint" not in dd.apply(dd.plan(project, {}, FakeImages(BUSYBOX_FAKE)))["shared"][0]
     # Read-only directory: owner kept (root), group becomes app's, group can read.
     assert owner_mode(os.path.join(r, "gateway")) == (0, 1000, 0o750)
     # Config file copied from the example, readable by postgres.

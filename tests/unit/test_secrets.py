@@ -15,6 +15,7 @@ import pytest
 import yaml
 from ansible_collections.hyhome.bootstrap.plugins.module_utils import secrets as core
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_model import (
+    Mount,
     Project,
     SecretRef,
     Service,
@@ -285,6 +286,21 @@ def test_shared_gid_when_users_declare_one():
     assert (b.gid, b.mode) == (5000, 0o440)
 
 
+def test_a_consumer_with_group_add_needs_no_hint():
+    s = core.SecretSpec("x", "/p/x", "x", "password", "compose", consumers=("a", "b"))
+    a = core.resolve_access(s, [core.Reader("a", 1000, 1000), core.Reader("b", 999, 999, (1000,))], 0, 0, None)
+    assert (a.uid, a.gid, a.mode) == (1000, 1000, 0o440) and "group_add" not in a.note
+    b = core.resolve_access(s, [core.Reader("a", 1000, 1000), core.Reader("b", 999, 999)], 0, 0, None)
+    assert "b must run with group_add: ['1000']" in b.note
+
+
+def test_readers_carry_group_add_from_the_model(tmp_path):
+    project = _db_project(tmp_path, tmp_path)
+    project.services["db"].group_add = ["1000", "audio"]
+    readers = core.readers_for(one(tmp_path, consumers=["db"]), project, 0)
+    assert readers == [core.Reader("db", 999, 999, (1000,))]
+
+
 def test_registry_owner_and_mode_override(tmp_path):
     s = one(tmp_path, owner="root", group=0, mode="0440")
     p = run([s], tmp_path / "secrets")
@@ -427,6 +443,35 @@ def test_deleted_persistent_secret_is_restored_from_history_not_regenerated(tmp_
     p = run([s], d)
     assert p.items[0].action == "restored" and (d / "s").read_bytes() == current
     assert any("restored" in w and "persistent" in w for w in p.warnings)
+
+
+def _db_project(tmp_path, data_dir):
+    project = Project(name="p", working_dir=str(tmp_path), files=[str(tmp_path / "compose.yaml")])
+    project.services = {"db": Service(
+        name="db", image="hyhome/busybox:local", build=None, user="999:999",
+        mounts=[Mount(type="bind", target="/data", read_only=False, host_path=str(data_dir)),
+                Mount(type="bind", target="/conf", read_only=True, host_path=str(tmp_path))],
+        secrets=[SecretRef("s", "/run/secrets/s")])}
+    return project
+
+
+def test_lost_persistent_secret_without_history_is_refused_when_its_consumer_holds_data(tmp_path):
+    d, data = tmp_path / "secrets", tmp_path / "data"
+    data.mkdir()
+    s = one(tmp_path, persistent=True, consumers=["db"])
+    project = _db_project(tmp_path, data)
+    # An empty data dir (first boot): generated as usual.
+    run([s], d, project)
+    (data / "PG_VERSION").write_text("15")
+    # File and history both gone, database initialised: refused, nothing written, names the holder.
+    shutil.rmtree(d)
+    before = snapshot(tmp_path)
+    with pytest.raises(HyHomeError) as err:
+        run([s], d, project)
+    assert "s is missing and has no history" in err.value.msg and f"db:{data}" in err.value.msg
+    assert snapshot(tmp_path) == before
+    # A non-persistent secret, or a read-only mount holding files, does not block.
+    assert run([one(tmp_path, persistent=False, consumers=["db"])], d, project).items[0].action == "generated"
 
 
 def test_pre_existing_persistent_value_is_recorded_once(tmp_path):

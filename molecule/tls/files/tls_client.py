@@ -34,10 +34,10 @@ def main():
     def connect(name, version):
         ctx = ssl.create_default_context()  # no cafile: the system trust store only (no --cacert)
         ctx.minimum_version = ctx.maximum_version = version
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
-            with ctx.wrap_socket(raw, server_hostname=name) as tconn:
-                assert tconn.recv(2) == b"ok"
-                return tconn.version()
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+                ctx.wrap_socket(raw, server_hostname=name) as tconn:
+            assert tconn.recv(2) == b"ok"
+            return tconn.version()
 
     for name in names:
         for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
