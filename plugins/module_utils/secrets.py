@@ -738,6 +738,7 @@ class Item:
     history: list[tuple[str, bytes]] = field(default_factory=list)   # (file name, value)
     remove_empty_dir: bool = False
     final_value: bytes | None = None     # value after apply (for derivations; never reported)
+    same_as_in_use: bool = False         # rewritten with the value the consumers already use
 
     def keep(self, stamp: str, why: str, value: bytes) -> None:
         """Queue a history record; names sort in the order they were queued."""
@@ -749,7 +750,8 @@ class Item:
 
     @property
     def content_changed(self) -> bool:
-        return self.value is not None and self.action in CONTENT_ACTIONS
+        """The consumers will read a different value (their containers must be recreated)."""
+        return self.value is not None and self.action in CONTENT_ACTIONS and not self.same_as_in_use
 
     def report(self) -> dict:
         out = {
@@ -994,10 +996,13 @@ def plan(specs: list[SecretSpec], secrets_dir: str, project=None, *, rotate=(), 
                 item.value = _seed_bytes(seed[s.name])
                 item.action = "restored"
                 item.notes.append(f"{why}; value restored from the controller store")
+                last = latest_current(hist)
+                item.same_as_in_use = last is not None and _read(last) == item.value
             elif s.persistent and latest_current(hist):
                 latest = latest_current(hist)
                 item.value = _read(latest)
                 item.action = "restored"
+                item.same_as_in_use = True   # "-current" records the value in use
                 msg = (f"{why}; it is persistent (its consumer holds data keyed to it), so the value was restored "
                        f"from history {os.path.basename(latest)} instead of generating a different one")
                 item.notes.append(msg)

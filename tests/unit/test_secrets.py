@@ -443,6 +443,19 @@ def test_deleted_persistent_secret_is_restored_from_history_not_regenerated(tmp_
     p = run([s], d)
     assert p.items[0].action == "restored" and (d / "s").read_bytes() == current
     assert any("restored" in w and "persistent" in w for w in p.warnings)
+    # The consumers already use that value: nothing to recreate.
+    assert p.changed and not p.items[0].content_changed
+
+
+def test_restored_value_recreates_consumers_only_when_it_differs_from_the_one_in_use(tmp_path):
+    d = tmp_path / "secrets"
+    s = one(tmp_path, persistent=True, consumers=["db"])
+    run([s], d)
+    in_use = (d / "s").read_bytes()
+    (d / "s").unlink()
+    assert run([s], d, seed={"s": in_use.decode()}).recreate_services() == []
+    (d / "s").unlink()
+    assert run([s], d, seed={"s": "a-different-value-from-the-store-0123456789"}).recreate_services() == ["db"]
 
 
 def _db_project(tmp_path, data_dir):
