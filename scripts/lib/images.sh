@@ -31,11 +31,17 @@ mirror=$(debian_mirror)
 recipe="mmdebstrap --variant=minbase merged-usr excludes=man,doc,locale include=ca-certificates $SUITE"
 key="$SUITE-$(printf '%s' "$recipe" | sha256sum | cut -c1-12)-$(date +%G%V)"
 base="debian:$SUITE-slim"
-if [ "$(label_of "$base")" != "$key" ]; then
+have_base() { docker image inspect "$base" >/dev/null 2>&1; }
+# A real upstream image (not labelled by us) is kept as it is; otherwise try the registry first.
+if have_base && [ -z "$(label_of "$base")" ]; then
+  log "using the existing $base"
+elif [ "$(label_of "$base")" != "$key" ] && timeout 60 docker pull -q "$base" >/dev/null 2>&1; then
+  log "pulled $base from its registry"
+elif [ "$(label_of "$base")" != "$key" ]; then
   tarball="$CACHE/rootfs-$key.tar"
   if [ ! -s "$tarball" ]; then
     apt_need mmdebstrap
-    log "building $SUITE minbase rootfs from $mirror (no registry here: this replaces 'docker pull $base')"
+    log "no registry reachable for $base: building it from Debian's archive ($mirror) with mmdebstrap"
     mmdebstrap --quiet --variant=minbase --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
       --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/doc/*' \
       --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-include=/usr/share/locale/locale.alias' \
