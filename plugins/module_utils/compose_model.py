@@ -843,22 +843,11 @@ def raw_env_refs(raw: RawProject) -> list[EnvRef]:
     return refs
 
 
-def _service_locations(raw: RawProject) -> dict[str, Location]:
+def _key_locations(raw: RawProject, section: str) -> dict[str, Location]:
+    """Where each key of a top-level section (``services``, ``secrets``) is first defined."""
     locs: dict[str, Location] = {}
     for rf in raw.compose_files:
-        found = _mapping_get(rf.node, "services")
-        if not found or not isinstance(found[1], yaml.MappingNode):
-            continue
-        for k, _ in found[1].value:
-            if isinstance(k, yaml.ScalarNode) and k.value not in locs:
-                locs[k.value] = Location(rf.path, k.start_mark.line + 1)
-    return locs
-
-
-def _registry_locations(raw: RawProject) -> dict[str, Location]:
-    locs: dict[str, Location] = {}
-    for rf in raw.compose_files:
-        found = _mapping_get(rf.node, "secrets")
+        found = _mapping_get(rf.node, section)
         if not found or not isinstance(found[1], yaml.MappingNode):
             continue
         for k, _ in found[1].value:
@@ -869,7 +858,7 @@ def _registry_locations(raw: RawProject) -> dict[str, Location]:
 
 def _raw_registry(raw: RawProject) -> dict[str, Secret]:
     """Top-level ``secrets:`` of every file, relative ``file:`` resolved against its file's dir."""
-    locs = _registry_locations(raw)
+    locs = _key_locations(raw, "secrets")
     registry: dict[str, Secret] = {}
     for rf in raw.compose_files:
         for name, spec in ((rf.data or {}).get("secrets") or {}).items():
@@ -905,7 +894,7 @@ def _attach_raw(project: Project, raw: RawProject) -> None:
         if key not in seen:
             seen.add(key)
             project.env_refs.append(ref)
-    locs = _service_locations(raw)
+    locs = _key_locations(raw, "services")
     ext = _raw_service_extensions(raw)
     for name, svc in project.services.items():
         svc.location = locs.get(name, svc.location)

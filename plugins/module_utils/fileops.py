@@ -72,6 +72,17 @@ def atomic_write(path: str, data: bytes, mode: int = 0o600, uid: int = -1, gid: 
                 os.unlink(tmp)
 
 
+def read_bytes(path: str, what: str = "file") -> bytes | None:
+    """The content of ``path``, or None when it does not exist; other errors become HyHomeError."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise HyHomeError(f"cannot read {what} {path}: {exc.strerror}") from None
+
+
 def remove_stale_temps(directory: str, base: str) -> int:
     """Remove temp files a crashed writer left next to ``base``; returns how many."""
     removed = 0

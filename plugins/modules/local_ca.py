@@ -230,19 +230,10 @@ from ansible_collections.hyhome.bootstrap.plugins.module_utils import tls  # noq
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyHomeError  # noqa: E402
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.fileops import (  # noqa: E402
     atomic_write,
+    read_bytes,
     refuse_dangerous,
     remove_stale_temps,
 )
-
-
-def _read(path):
-    try:
-        with open(path, "rb") as fh:
-            return fh.read()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise HyHomeError(f"cannot read {path}: {exc.strerror}") from None
 
 
 class LocalCA:
@@ -276,7 +267,7 @@ class LocalCA:
         p = self.module.params
         refuse_dangerous(self.path, "CA directory")
         profile = self.profile()
-        cert_pem, key_pem = _read(self.cert_path), _read(self.key_path)
+        cert_pem, key_pem = read_bytes(self.cert_path), read_bytes(self.key_path)
         exists = cert_pem is not None or key_pem is not None
         if exists and p["regenerate"] != "always":
             if cert_pem is None or key_pem is None:
@@ -373,8 +364,8 @@ class Trust:
             )
             return
         anchor = store.anchor_path(self.name)
-        current = _read(anchor)
-        in_bundle = der is not None and tls.bundle_contains(_read(store.bundle) or b"", der)
+        current = read_bytes(anchor)
+        in_bundle = der is not None and tls.bundle_contains(read_bytes(store.bundle) or b"", der)
         if present:
             pem = tls.der_to_pem(der)
             need_file = current != pem
@@ -397,7 +388,7 @@ class Trust:
             if need_file:
                 atomic_write(anchor, pem, mode=0o644)
             self._run(list(store.update_cmd))
-            entry["in_bundle"] = tls.bundle_contains(_read(store.bundle) or b"", der)
+            entry["in_bundle"] = tls.bundle_contains(read_bytes(store.bundle) or b"", der)
             if not entry["in_bundle"]:
                 raise HyHomeError(f"{' '.join(store.update_cmd)} ran but {store.bundle} does not contain the CA")
         else:
@@ -488,7 +479,7 @@ def main():
             result = {"certificate_path": cert_path}
             diff = {"before": "", "after": ""}
             changed = False
-            pem = _read(cert_path)
+            pem = read_bytes(cert_path)
             ders = tls.pem_certificates_der(pem) if pem is not None else []
             der = ders[0] if ders else None
             if p["state"] == "trusted" and der is None:

@@ -241,20 +241,11 @@ from ansible_collections.hyhome.bootstrap.plugins.module_utils import tls  # noq
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyHomeError  # noqa: E402
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.fileops import (  # noqa: E402
     atomic_write,
+    read_bytes,
     refuse_dangerous,
     remove_stale_temps,
     resolve_owner,
 )
-
-
-def _read(path, what):
-    try:
-        with open(path, "rb") as fh:
-            return fh.read()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise HyHomeError(f"cannot read {what} {path}: {exc.strerror}") from None
 
 
 def _mode(value, what):
@@ -326,10 +317,10 @@ class LeafCertificate:
     def load_ca(self):
         cert_file = os.path.join(self.ca_dir, tls.CA_CERT_FILE)
         key_file = os.path.join(self.ca_dir, tls.CA_KEY_FILE)
-        cert_pem = _read(cert_file, "the CA certificate")
+        cert_pem = read_bytes(cert_file, "the CA certificate")
         if cert_pem is None:
             raise HyHomeError(f"no CA certificate at {cert_file}: create the CA first (hyhome.bootstrap.local_ca)")
-        key_pem = _read(key_file, "the CA key")
+        key_pem = read_bytes(key_file, "the CA key")
         if key_pem is None:
             raise HyHomeError(f"no CA key at {key_file}: the CA in {self.ca_dir} is incomplete")
         ca_cert = tls.load_cert(cert_pem, f"the CA certificate {cert_file}")
@@ -353,8 +344,8 @@ class LeafCertificate:
             return self._would_create_ca()
         ca_cert, ca_key, ca_pem = self.load_ca()
         tls.check_name_constraints(self.profile.sans, ca_cert)
-        cert_pem = _read(self.cert_path, "the certificate")
-        key_pem = _read(self.key_path, "the private key")
+        cert_pem = read_bytes(self.cert_path, "the certificate")
+        key_pem = read_bytes(self.key_path, "the private key")
         reasons = tls.leaf_reasons(self.profile, cert_pem, key_pem, ca_cert)
         if p["regenerate"] == "always" and not any(r.code in ("cert_missing",) for r in reasons):
             reasons.append(tls.Reason("always", "regenerate=always"))
@@ -419,7 +410,7 @@ class LeafCertificate:
         atomic_write(self.cert_path, tls.cert_to_pem(cert), mode=self.cert_mode, uid=self.uid, gid=self.gid)
 
     def _ca_copy(self, ca_pem):
-        have = _read(self.ca_copy_path, "the CA copy")
+        have = read_bytes(self.ca_copy_path, "the CA copy")
         if have != ca_pem:
             self.changed = True
             if not self.module.check_mode:
