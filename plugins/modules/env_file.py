@@ -141,6 +141,14 @@ mode_changed:
   description: Whether the file mode or owner was (or would be) fixed.
   returned: always
   type: bool
+pending:
+  description:
+    - In check mode, when the file would change, every key and value the file would hold (never secrets:
+      secret-looking values are refused). Later steps export them, so their C(docker compose config) sees
+      the project as it will be. Empty otherwise.
+  returned: always
+  type: dict
+  sample: {HYHOME_DOMAIN: hyhome.localhost}
 warnings_list:
   description: Notes such as secret-looking values removed from an existing file (names only).
   returned: always
@@ -216,6 +224,9 @@ def main() -> None:
         "removed": plan.removed,
         "mode_changed": plan.mode_changed or plan.owner_changed,
         "warnings_list": warnings + plan.warnings,
+        # Check mode writes nothing, so later steps' `docker compose config` would not see the new values:
+        # hand them over (non-secret by construction: secret-looking values are refused above).
+        "pending": core.as_dict(core.parse(plan.content, plan.dest)) if module.check_mode and plan.changed_any else {},
     }
     for w in warnings + plan.warnings:
         module.warn(w)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # day0 end to end, on this machine's Docker engine, from a clean clone of the committed tree:
+#   0. --check on the fresh host succeeds and writes nothing;
 #   1. first run (scripts/day0.sh, the README's command) -> every service healthy;
 #      the gateway answers over TLS trusting only rootCA.pem; web and API answer through it;
 #      the init sidecar exited 0 and its role exists in PostgreSQL;
@@ -93,6 +94,17 @@ psql_q() {
 
 say "clean clone of $ROOT at $(git -C "$ROOT" rev-parse --short HEAD)"
 git clone -q "$ROOT" "$REPO"
+
+say "0. --check on the fresh host: succeeds and writes nothing"
+snap() {   # the clone's untracked and ignored files (the venv aside), the CA dir, the project's containers
+  (cd "$REPO" && git status --porcelain --ignored | grep -v '^!! \.venv/$' || :)
+  ls -A "$WORK/ca" 2>/dev/null || :
+  docker ps -aq --filter "label=com.docker.compose.project=$PROJECT"
+}
+(cd "$REPO" && bash scripts/setup.sh runtime >/dev/null)
+fresh=$(snap)
+day0 --check --diff >/dev/null
+[ "$fresh" = "$(snap)" ] || fail "--check on a fresh host wrote something: $(diff <(echo "$fresh") <(snap) | head -5)"
 
 say "1. first day0 run"
 t=$SECONDS
