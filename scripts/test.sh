@@ -13,6 +13,8 @@ stages=("$@")
 t0=$SECONDS
 bash scripts/setup.sh dev
 bash scripts/lib/mkcert.sh
+source scripts/lib/common.sh
+apt_need curl openssl git   # the end-to-end test talks to the gateway and clones the repo
 export PATH="$ROOT/.venv/bin:$PATH"
 export ANSIBLE_FORCE_COLOR=0 PY_COLORS=0
 printf '[test] set-up done in %ss\n' "$((SECONDS - t0))"

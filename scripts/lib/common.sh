@@ -12,3 +12,12 @@ debian_mirror() {
   fi
   printf '%s' "${m:-http://deb.debian.org/debian}"
 }
+
+# Install Debian packages that are missing (quietly; nothing when all are there).
+apt_need() {
+  local missing=() p
+  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  [ "${#missing[@]}" -eq 0 ] && return 0
+  printf '[setup] installing %s\n' "${missing[*]}" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}

@@ -17,13 +17,6 @@ mkdir -p "$CACHE"
 
 label_of() { docker image inspect --format '{{ index .Config.Labels "org.hyhome.key" }}' "$1" 2>/dev/null || :; }
 
-apt_need() {
-  local missing=()
-  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
-  [ "${#missing[@]}" -eq 0 ] && return 0
-  log "installing ${missing[*]}"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-}
 
 mirror=$(debian_mirror)
 
