@@ -373,3 +373,45 @@ def test_docker_verify_running_fixture(tmp_path):
         assert [f["service"] for f in res["findings"] if f["severity"] == "error" and not f["accepted"]] == ["worker"]
     finally:
         subprocess.run(["docker", "compose", "-p", name, "down", "-t", "1"], cwd=d, capture_output=True, check=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Memory counters straight from the cgroup (the fast path on the engine's host)
+# --------------------------------------------------------------------------------------------
+
+def _fake_cgroup(tmp_path, cid, lines, files):
+    proc = tmp_path / "proc" / "42"
+    proc.mkdir(parents=True)
+    (proc / "cgroup").write_text("\n".join(lines) + "\n")
+    for rel, text in files.items():
+        f = tmp_path / "sys" / rel
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(text)
+    return str(tmp_path / "proc"), str(tmp_path / "sys")
+
+
+def test_cgroup_v1_memory_matches_what_docker_stats_computes(tmp_path):
+    cid = "f" * 64
+    proc, sysfs = _fake_cgroup(tmp_path, cid, [f"12:net_prio:/docker/{cid}", f"4:memory:/docker/{cid}"], {
+        f"memory/docker/{cid}/memory.usage_in_bytes": "10485760\n",
+        f"memory/docker/{cid}/memory.stat": "cache 4096\ntotal_inactive_file 2097152\n",
+    })
+    stats = sv.cgroup_stats(cid, 42, proc, sysfs)
+    assert sv.memory_usage(stats) == 10485760 - 2097152
+
+
+def test_cgroup_v2_memory(tmp_path):
+    cid = "a" * 64
+    proc, sysfs = _fake_cgroup(tmp_path, cid, [f"0::/system.slice/docker-{cid}.scope"], {
+        f"system.slice/docker-{cid}.scope/memory.current": "8388608\n",
+        f"system.slice/docker-{cid}.scope/memory.stat": "anon 100\ninactive_file 1048576\n",
+    })
+    assert sv.memory_usage(sv.cgroup_stats(cid, 42, proc, sysfs)) == 8388608 - 1048576
+
+
+def test_cgroup_of_another_container_or_invisible_pid_falls_back(tmp_path):
+    cid = "b" * 64
+    proc, sysfs = _fake_cgroup(tmp_path, cid, ["0::/"], {})   # private cgroup namespace: not ours
+    assert sv.cgroup_stats(cid, 42, proc, sysfs) is None
+    assert sv.cgroup_stats(cid, 0, proc, sysfs) is None
+    assert sv.cgroup_stats(cid, 4242, proc, sysfs) is None    # pid not visible from here
