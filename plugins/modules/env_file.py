@@ -143,7 +143,7 @@ mode_changed:
   type: bool
 pending:
   description:
-    - In check mode, when the file would change, every key and value the file would hold (never secrets:
+    - In check mode, when the file would change, every key and value the file would hold (never secrets, since
       secret-looking values are refused). Later steps export them, so their C(docker compose config) sees
       the project as it will be. Empty otherwise.
   returned: always
