@@ -37,6 +37,7 @@ from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyH
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.fileops import (
     atomic_write,
     ensure_within,
+    parse_mode,
     refuse_dangerous,
     resolve_owner,
 )
@@ -492,21 +493,6 @@ def _override_identity(ov: dict, what: str) -> Identity:
     uid = int(uid)
     gid = uid if gid in (None, "") else int(gid)
     return Identity(uid, gid, "override", what)
-
-
-def parse_mode(value, what: str = "mode") -> int | None:
-    """Octal string ("0750", "2770") or int to int; None stays None."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, int):
-        return value
-    try:
-        mode = int(str(value), 8)
-    except ValueError:
-        raise HyHomeError(f"{what}: {value!r} is not an octal mode such as '0750'") from None
-    if mode > 0o7777:
-        raise HyHomeError(f"{what}: {value!r} is out of range")
-    return mode
 
 
 # --------------------------------------------------------------------------------------------

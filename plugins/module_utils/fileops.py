@@ -148,24 +148,31 @@ def resolve_owner(owner, group=None) -> tuple[int, int]:
     import grp
     import pwd
 
-    def _uid(value):
+    def _id(value, lookup, what, unit):
         if value is None or value == "":
             return -1
         if isinstance(value, int) or str(value).isdigit():
             return int(value)
         try:
-            return pwd.getpwnam(str(value)).pw_uid
+            return lookup(str(value))[2]
         except KeyError:
-            raise HyHomeError(f"unknown owner {value!r}: no such user on this host (use a numeric uid)") from None
+            raise HyHomeError(
+                f"unknown {what} {value!r}: no such {unit[0]} on this host (use a numeric {unit[1]})") from None
 
-    def _gid(value):
-        if value is None or value == "":
-            return -1
-        if isinstance(value, int) or str(value).isdigit():
-            return int(value)
+    return _id(owner, pwd.getpwnam, "owner", ("user", "uid")), _id(group, grp.getgrnam, "group", ("group", "gid"))
+
+
+def parse_mode(value, what: str = "mode") -> int | None:
+    """An octal string ("0750", "2770") or an int to an int; None and "" stay None."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        mode = value
+    else:
         try:
-            return grp.getgrnam(str(value)).gr_gid
-        except KeyError:
-            raise HyHomeError(f"unknown group {value!r}: no such group on this host (use a numeric gid)") from None
-
-    return _uid(owner), _gid(group)
+            mode = int(str(value).strip(), 8)
+        except ValueError:
+            raise HyHomeError(f"invalid {what} {value!r}: not an octal mode such as '0750'") from None
+    if not 0 <= mode <= 0o7777:
+        raise HyHomeError(f"invalid {what} {value!r}: out of range")
+    return mode

@@ -159,20 +159,7 @@ warnings_list:
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402 - after the documentation, as Ansible expects
 from ansible_collections.hyhome.bootstrap.plugins.module_utils import env_file as core  # noqa: E402
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyHomeError  # noqa: E402
-from ansible_collections.hyhome.bootstrap.plugins.module_utils.fileops import resolve_owner  # noqa: E402
-
-
-def _mode(value) -> int:
-    if isinstance(value, int):
-        mode = value
-    else:
-        try:
-            mode = int(str(value), 8)
-        except ValueError:
-            raise HyHomeError(f"mode {value!r} is not an octal mode such as '0640'") from None
-    if not 0 <= mode <= 0o7777:
-        raise HyHomeError(f"mode {value!r} is out of range")
-    return mode
+from ansible_collections.hyhome.bootstrap.plugins.module_utils.fileops import parse_mode, resolve_owner  # noqa: E402
 
 
 def main() -> None:
@@ -200,7 +187,7 @@ def main() -> None:
         if isinstance(value, str) and value and core.is_sensitive_name(str(key), p["allow_keys"]):
             module.no_log_values.add(value)
     try:
-        mode = _mode(p["mode"])
+        mode = parse_mode(p["mode"], "mode")
         uid, gid = resolve_owner(p["owner"], p["group"])
         refs, warnings = [], []
         if p["check_compose"]:

@@ -241,23 +241,12 @@ from ansible_collections.hyhome.bootstrap.plugins.module_utils import tls  # noq
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyHomeError  # noqa: E402
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.fileops import (  # noqa: E402
     atomic_write,
+    parse_mode,
     read_bytes,
     refuse_dangerous,
     remove_stale_temps,
     resolve_owner,
 )
-
-
-def _mode(value, what):
-    if isinstance(value, int):
-        return value
-    try:
-        mode = int(str(value), 8)
-    except ValueError:
-        raise HyHomeError(f"invalid {what} {value!r}: give an octal string such as '0600'") from None
-    if mode < 0 or mode > 0o7777:
-        raise HyHomeError(f"invalid {what} {value!r}")
-    return mode
 
 
 def _within(parent, path):
@@ -297,8 +286,8 @@ class LeafCertificate:
             )
         if self.key_path in (self.cert_path, self.ca_copy_path):
             raise HyHomeError("key_path must differ from cert_path and ca_copy_path")
-        self.key_mode = _mode(p["mode"], "mode")
-        self.cert_mode = _mode(p["cert_mode"], "cert_mode")
+        self.key_mode = parse_mode(p["mode"], "mode")
+        self.cert_mode = parse_mode(p["cert_mode"], "cert_mode")
         self.uid, self.gid = resolve_owner(p["owner"], p["group"])
         self.profile = tls.LeafProfile.from_names(
             p["names"],
