@@ -63,6 +63,7 @@ stage_molecule() {
 
 stage_e2e() {
   bash tests/e2e/day0.sh
+  bash tests/e2e/realistic.sh
 }
 
 for st in "${stages[@]}"; do run_stage "$st"; done

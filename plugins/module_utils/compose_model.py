@@ -7,7 +7,8 @@ When ``docker compose config`` fails, the model is built from the raw files as f
 
 API (stable; other module_utils depend on it):
 
-    load_project(project_dir, files=None, env_file=None, profiles=None, docker="docker") -> Project
+    load_project(project_dir, files=None, env_file=None, profiles=None, docker="docker",
+                 cache="off") -> Project          # cache: the run's project context (project_context)
     project_from_config(config: dict, project_dir, raw=None) -> Project   # pure, for unit tests
 
 Helpers added on top of the agreed API (all optional for callers):
@@ -21,6 +22,7 @@ Helpers added on top of the agreed API (all optional for callers):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -173,6 +175,7 @@ class Project:
     env_file: str | None = None              # the .env file used for interpolation (may not exist)
     env_file_vars: list[str] = field(default_factory=list)    # names defined there (no values)
     extensions: dict = field(default_factory=dict)            # top-level ``x-*`` keys
+    context: dict = field(default_factory=dict)   # {"cache": "hit"|"miss"|"off", "key": short key}
 
 
 # --------------------------------------------------------------------------------------------
@@ -562,6 +565,7 @@ class RawFile:
     node: yaml.Node | None         # the document's root node, for marks
     base_dir: str                  # relative paths in this file resolve against it
     role: str = "compose"          # "compose" (root, -f, include:) | "extends" (only an extends: base)
+    digest: str | None = None      # SHA-256 of the content as read (the project context's key)
 
 
 @dataclass
@@ -573,6 +577,9 @@ class RawProject:
     errors: list[FileError] = field(default_factory=list)
     env_file: str | None = None
     env: dict[str, str] = field(default_factory=dict)   # .env values (never returned by modules)
+    roots: list[str] = field(default_factory=list)      # the root files (-f or Compose's lookup); the
+    # others are included (or extends-only bases)
+    env_refs_cache: list | None = field(default=None, repr=False, compare=False)   # raw_env_refs, once
 
     @property
     def paths(self) -> list[str]:
@@ -653,6 +660,7 @@ def _load_one(path: str, base_dir: str, raw: RawProject) -> RawFile:
     except OSError as e:
         raw.errors.append(FileError(Location(path, None), f"cannot read {path}: {e.strerror}"))
         return RawFile(path, None, None, base_dir)
+    digest = hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
     try:
         node = yaml.compose(text, Loader=_Loader)
         data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a safe loader (CSafeLoader/SafeLoader)
@@ -672,13 +680,13 @@ def _load_one(path: str, base_dir: str, raw: RawProject) -> RawFile:
         else:
             msg = f"{problem} ({context})" if context else str(problem)
         raw.errors.append(FileError(Location(path, line), f"YAML syntax error: {msg}"))
-        return RawFile(path, None, None, base_dir)
+        return RawFile(path, None, None, base_dir, digest=digest)
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raw.errors.append(FileError(Location(path, 1), "top level is not a mapping"))
-        return RawFile(path, None, node, base_dir)
-    return RawFile(path, data, node, base_dir)
+        return RawFile(path, None, node, base_dir, digest=digest)
+    return RawFile(path, data, node, base_dir, digest=digest)
 
 
 def _include_entries(data: dict, env: dict[str, str]) -> list[tuple[list[str], str | None]]:
@@ -742,7 +750,7 @@ def load_raw(project_dir, files=None, env_file=None) -> RawProject:
     project_dir = _check_project_dir(project_dir)
     roots = _root_files(project_dir, files)
     env_path = _abspath(str(env_file), project_dir) if env_file else os.path.join(project_dir, ".env")
-    raw = RawProject(project_dir, env_file=env_path, env=read_dotenv(env_path))
+    raw = RawProject(project_dir, env_file=env_path, env=read_dotenv(env_path), roots=list(roots))
     seen: set[str] = set()
 
     def walk(path: str, base_dir: str, role: str = "compose") -> None:
@@ -836,11 +844,14 @@ def _walk_env_refs(node, path: str, file: str, service: str | None, out: list[En
 
 def raw_env_refs(raw: RawProject) -> list[EnvRef]:
     """Every interpolation in scalar values of every readable file, in file/line order."""
+    if raw.env_refs_cache is not None:   # walked once per raw project (the context key needs it too)
+        return list(raw.env_refs_cache)
     refs: list[EnvRef] = []
     for rf in raw.files:
         if rf.node is not None:
             _walk_env_refs(rf.node, "", rf.path, None, refs, set())
-    return refs
+    raw.env_refs_cache = refs
+    return list(refs)
 
 
 def _key_locations(raw: RawProject, section: str) -> dict[str, Location]:
@@ -1069,20 +1080,43 @@ def compose_command(project_dir: str, files: list[str], env_file=None, profiles=
 _WARNING_RE = re.compile(r'level=warning msg="((?:[^"\\]|\\.)*)"')
 
 
-def load_project(project_dir, files=None, env_file=None, profiles=None, docker="docker") -> Project:
+def load_project(project_dir, files=None, env_file=None, profiles=None, docker="docker",
+                 cache: str = "off") -> Project:
     """Load a compose project: one ``docker compose config`` call plus one walk of the raw files.
 
     ``files`` (relative to ``project_dir``) replaces compose's own file lookup; ``profiles``
     activates profiles (``["*"]`` for all). Raises HyHomeError when the directory is not a
     compose project or the docker binary is missing; a project compose rejects is returned with
     ``config_error`` set and ``source="raw"``.
+
+    ``cache`` reuses the run's project context (see ``project_context``): ``"off"`` always runs
+    ``docker compose config``; ``"read"`` reuses a valid cached result (check mode); ``"write"``
+    also stores a fresh one. ``Project.context`` says ``{"cache": "hit"|"miss"|"off", "key": ...}``.
     """
+    if cache not in ("off", "read", "write"):
+        raise HyHomeError(f"cache must be off, read or write, not {cache!r}")
     project_dir = _check_project_dir(project_dir)
     roots = _root_files(project_dir, files)
     binary = _docker_binary(docker)
     raw = load_raw(project_dir, files=roots, env_file=env_file)
     cmd = compose_command(project_dir, roots, env_file, profiles, binary)
     env = {k: v for k, v in os.environ.items() if k not in ("COMPOSE_FILE", "COMPOSE_PROFILES")}
+    proc, context = _compose_config(cmd, project_dir, env, docker, raw, cache)
+    project = _project_from_proc(proc, raw, project_dir, profiles)
+    project.context = context
+    return project
+
+
+def _compose_config(cmd, project_dir, env, docker, raw, cache) -> tuple[subprocess.CompletedProcess, dict]:
+    """``docker compose config``, from the project context cache when its key still matches."""
+    from ansible_collections.hyhome.bootstrap.plugins.module_utils import project_context
+
+    key = project_context.context_key(raw, cmd, env) if cache != "off" else None
+    if key:
+        entry = project_context.read(project_dir, key)
+        if entry is not None:
+            return (subprocess.CompletedProcess(cmd, entry["returncode"], entry["stdout"], entry["stderr"]),
+                    {"cache": "hit", "key": key[:12]})
     try:
         proc = subprocess.run(cmd, cwd=project_dir, capture_output=True, text=True,
                               timeout=CONFIG_TIMEOUT, env=env, check=False)
@@ -1090,6 +1124,13 @@ def load_project(project_dir, files=None, env_file=None, profiles=None, docker="
         raise HyHomeError(f"docker binary '{docker}' could not be run: {e.strerror}") from None
     except subprocess.TimeoutExpired:
         raise HyHomeError(f"`docker compose config` did not answer within {CONFIG_TIMEOUT}s") from None
+    if key and cache == "write" and not (proc.returncode != 0 and _compose_missing(proc.stderr or "")):
+        project_context.write(project_dir, key, proc.returncode, proc.stdout or "", proc.stderr or "")
+    return proc, {"cache": "miss" if key else "off", "key": key[:12] if key else None}
+
+
+def _project_from_proc(proc: subprocess.CompletedProcess, raw: RawProject, project_dir: str, profiles) -> Project:
+    """The model from ``docker compose config``'s result (the raw files stand in when it failed)."""
     stderr = proc.stderr or ""
     if proc.returncode != 0 and _compose_missing(stderr):
         raise HyHomeError("Docker Compose v2 is not installed: `docker compose` is not a docker command "

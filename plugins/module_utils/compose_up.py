@@ -39,6 +39,7 @@ PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
 CONFIG_HASH_LABEL = "com.docker.compose.config-hash"
 ONEOFF_LABEL = "com.docker.compose.oneoff"
+CREATED_BY_LABEL = "org.hyhome.bootstrap.created-by"   # on the external networks we create
 
 STATE_DIR = ".hyhome"
 STATE_FILE = "state.json"
@@ -764,6 +765,7 @@ class Options:
     wait_timeout: float = 300.0
     recreate: list[str] = field(default_factory=list)
     fingerprints: bool = True
+    create_networks: bool = True
     check_mode: bool = False
     diff: bool = False
 
@@ -775,6 +777,36 @@ def image_name(project, name: str) -> str | None:
     if svc.build:
         return f"{project.name}-{name}"   # Compose v2's default name for a built image
     return None
+
+
+def external_networks(project, targets) -> list[str]:
+    """Engine-side names of the ``external: true`` networks the target services attach to."""
+    out = set()
+    for name in targets:
+        svc = project.services[name]
+        if svc.network_mode:
+            continue   # host, none, service:x, container:x: no network of the project
+        for key in svc.networks or ["default"]:
+            net = project.networks.get(key)
+            if net is not None and net.external:
+                out.add(net.name)
+    return sorted(out)
+
+
+def missing_networks(engine, project, targets, opts: Options) -> list[str]:
+    """External networks the targets need that the engine does not have. Compose refuses to start
+    without them; with ``create_networks`` the caller creates them, otherwise this fails saying how."""
+    wanted = external_networks(project, targets)
+    if not wanted:
+        return []
+    have = engine.network_names()
+    missing = [n for n in wanted if n not in have]
+    if missing and not opts.create_networks:
+        raise HyHomeError(
+            "external network(s) " + ", ".join(missing) + " do not exist and Compose will not create them: "
+            + "; ".join(f"docker network create {n}" for n in missing)
+            + " (or set create_networks / compose_create_networks to true)")
+    return missing
 
 
 def _prepare_images(engine, project, targets, opts: Options, plan_only: bool) -> tuple[list[str], list[str]]:
@@ -838,10 +870,14 @@ def apply(engine, project, opts: Options) -> dict:
     salt = state_salt(state_doc, project.name)
     before = engine.containers()
     result: dict = {"changed": False, "state": opts.state, "project": project.name, "commands": [],
-                    "orphans": [], "images_built": [], "images_pulled": [], "recreate_ignored": recreate_ignored}
+                    "orphans": [], "images_built": [], "images_pulled": [], "recreate_ignored": recreate_ignored,
+                    "networks_created": []}
     fingerprints: dict[str, Fingerprint] = {}
+    to_create: list[str] = []
 
     if opts.state in ("present", "restarted"):
+        to_create = missing_networks(engine, project, targets, opts)
+        result["networks_created"] = list(to_create) if opts.check_mode else []
         expected = engine.config_hashes()
         built, pulled = _prepare_images(engine, project, targets, opts, plan_only=opts.check_mode)
         result["images_built"], result["images_pulled"] = built, pulled
@@ -876,24 +912,29 @@ def apply(engine, project, opts: Options) -> dict:
         result["actions"] = actions
         result["services"] = summarize(after, sorted(targets))
         result["commands"] = [list(c) for c in getattr(engine, "commands", [])]
-        result["changed"] = bool(actions)
+        result["changed"] = bool(actions) or bool(result["networks_created"])
         if opts.diff:
             result["diff"] = {"before": diff_summary(targets, before, recorded, None),
                               "after": diff_summary(targets, after, new_recorded, fingerprints or None,
                                                     plan if opts.check_mode else None)}
+            _diff_networks(result["diff"], project, targets, result["networks_created"])
         return result
 
     if opts.check_mode:
-        result["changed"] = plan.has_changes or bool(networks_before)
+        result["changed"] = plan.has_changes or bool(networks_before) or bool(result["networks_created"])
         result["actions"] = {n: [p.action] for n, p in plan.services.items() if p.action != "none"}
         result["services"] = summarize(before, sorted(targets))
         if opts.diff:
             result["diff"] = {"before": diff_summary(targets, before, recorded, None),
                               "after": diff_summary(targets, before, recorded, fingerprints or None, plan)}
+            _diff_networks(result["diff"], project, targets, result["networks_created"])
         return result
 
     try:
         if opts.state in ("present", "restarted"):
+            for net in to_create:
+                engine.create_network(net)
+                result["networks_created"].append(net)
             _apply_present(engine, project, plan, opts, before)
             new_doc = updated_state(state_doc, project.name, fingerprints, salt=salt)
             if opts.fingerprints and new_doc != state_doc:
@@ -930,6 +971,18 @@ def apply(engine, project, opts: Options) -> dict:
     if opts.state == "absent" and networks_before and not opts.services:
         result["changed"] = True
     return result
+
+
+# Diff key for the external networks: not a valid service name, so it cannot clash with one.
+NETWORKS_DIFF_KEY = "external networks"
+
+
+def _diff_networks(diff: dict, project, targets, created: list[str]) -> None:
+    """Add the external networks the targets use to a diff: absent before when created."""
+    names = external_networks(project, targets)
+    if names:
+        diff["before"][NETWORKS_DIFF_KEY] = {n: "absent" if n in created else "present" for n in names}
+        diff["after"][NETWORKS_DIFF_KEY] = {n: "present" for n in names}
 
 
 def _apply_present(engine, project, plan: Plan, opts: Options, before) -> None:
@@ -1027,6 +1080,19 @@ class Engine:
     def networks(self) -> list[str]:
         found = self.client.api.networks(filters={"label": f"{PROJECT_LABEL}={self.project_name}"})
         return sorted(n["Name"] for n in found)
+
+    def network_names(self) -> set[str]:
+        """Names of every network on the engine."""
+        return {n["Name"] for n in self.client.api.networks()}
+
+    def create_network(self, name: str) -> None:
+        """Create an external network the project declares (a plain bridge, labelled by us)."""
+        self.commands.append(["docker", "network", "create", name])
+        try:
+            self.client.api.create_network(name, driver="bridge", labels={CREATED_BY_LABEL: "compose_project"})
+        except self._errors.APIError as exc:
+            raise HyHomeError(f"the engine cannot create the external network {name}: "
+                              f"{exc.explanation or exc}") from None
 
     def image_id(self, name: str) -> str | None:
         try:

@@ -5,10 +5,10 @@ Pure core of the ``data_dirs`` module (no AnsibleModule here). Three steps:
 1. ``derive_paths(project)`` lists every host path the project bind-mounts (short and long bind
    syntax, local-driver volumes with ``o: bind``) with the services that use it.
 2. ``plan(project, options, images)`` decides, for each path, the owner, group and mode rule, and
-   refuses dangerous paths before anything is touched. Owner per service, in order: inventory
-   override (per path, then per service); the service's ``user:`` (names resolved in the image's
-   own ``/etc/passwd``); the built-in table of images that start as root and drop to a fixed uid;
-   the image's configured user (``Config.User``); root.
+   refuses dangerous paths before anything is touched. Excluded trees are skipped first; read-only
+   binds of paths outside the project (``mounts.classify`` "host") are the host's: reported, never
+   touched. Owner per service: an override for the path, else ``identity.IdentityResolver``
+   (override, ``user:``, the image's configured user, the built-in table, else root with a warning).
 3. ``apply(plan, check_mode, recurse)`` creates what is missing, copies ``*.example`` config files
    into place, and fixes owner/group/mode drift in one ``scandir`` pass that touches only entries
    that differ, never follows symlinks and never crosses into another filesystem.
@@ -23,69 +23,33 @@ access, so an application writing 0644 files is not drift.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
-import io
-import json
 import os
 import stat
-import subprocess
-import tarfile
-import uuid
 from dataclasses import dataclass, field
 
+from ansible_collections.hyhome.bootstrap.plugins.module_utils import mounts
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyHomeError
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.fileops import (
     atomic_write,
     ensure_within,
     parse_mode,
     refuse_dangerous,
-    resolve_owner,
 )
 
-# Images that start as root and drop to a fixed user, so the directory must belong to that user
-# even though neither ``user:`` nor ``Config.User`` says so (and even before the image is pulled).
-# Key: repository path without registry and tag; single names match Docker official images.
-DEFAULT_IMAGE_USERS: dict[str, str] = {
-    "postgres": "999:999",
-    "postgis/postgis": "999:999",
-    "timescale/timescaledb": "70:70",
-    "mysql": "999:999",
-    "mariadb": "999:999",
-    "mongo": "999:999",
-    "redis": "999:999",
-    "valkey/valkey": "999:999",
-    "rabbitmq": "999:999",
-    "grafana/grafana": "472:0",
-    "grafana/grafana-oss": "472:0",
-    "grafana/grafana-enterprise": "472:0",
-    "grafana/loki": "10001:10001",
-    "grafana/tempo": "10001:10001",
-    "grafana/mimir": "10001:10001",
-    "grafana/pyroscope": "10001:10001",
-    "prom/prometheus": "65534:65534",
-    "prom/alertmanager": "65534:65534",
-    "prom/pushgateway": "65534:65534",
-    "opensearchproject/opensearch": "1000:1000",
-    "opensearchproject/opensearch-dashboards": "1000:1000",
-    "elasticsearch": "1000:0",
-    "elasticsearch/elasticsearch": "1000:0",
-    "kibana": "1000:0",
-    "kibana/kibana": "1000:0",
-    "keycloak/keycloak": "1000:0",
-    "jboss/keycloak": "1000:0",
-    "influxdb": "1000:1000",
-    "jaegertracing/all-in-one": "10001:10001",
-    "otel/opentelemetry-collector-contrib": "10001:10001",
-    "otel/opentelemetry-collector": "10001:10001",
-    "minio/minio": "0:0",
-}
-
-# Basenames with these suffixes are files: a missing one is reported, never created as a directory
-# (which is what Docker silently does).
-CONFIG_FILE_SUFFIXES = (
-    ".yml", ".yaml", ".json", ".conf", ".cfg", ".ini", ".toml", ".xml", ".pem", ".crt", ".key",
-    ".txt", ".properties", ".sh", ".lua", ".js", ".hcl", ".rules", ".tmpl", ".env", ".cnf", ".sql",
-    ".htpasswd", ".river", ".alloy",
+# Owner resolution lives in identity (shared with secrets and tls); re-exported for callers.
+from ansible_collections.hyhome.bootstrap.plugins.module_utils.identity import (  # noqa: F401
+    DEFAULT_IMAGE_USERS,
+    DockerImages,
+    Identity,
+    IdentityResolver,
+    ImageMissing,
+    image_repository,
+    override_identity,
+    parse_group,
+    parse_passwd,
+    table_lookup,
 )
 
 DEFAULT_OPTIONS = {
@@ -118,6 +82,7 @@ class Use:
     target: str
     read_only: bool
     via: str            # "bind" or "volume:<key>"
+    cls: str = "data"   # mounts.classify: "host" | "config" | "data"
 
 
 @dataclass
@@ -141,11 +106,6 @@ def _volume_device(project, key: str) -> str | None:
     if not ({"bind", "rbind"} & o) or not opts.get("device"):
         return None
     return str(opts["device"])
-
-
-def _looks_like_file(path: str) -> bool:
-    base = os.path.basename(path).lower()
-    return base.endswith(CONFIG_FILE_SUFFIXES) or base.startswith(".env")
 
 
 def derive_paths(project) -> tuple[list[HostPath], list[str]]:
@@ -178,321 +138,17 @@ def derive_paths(project) -> tuple[list[HostPath], list[str]]:
                 )
                 host = os.path.join(project.working_dir, host)
             host = os.path.normpath(host)
+            cls = mounts.classify(project, svc, m if m.host_path == host else dataclasses.replace(m, host_path=host))
             hp = by_path.setdefault(host, HostPath(host))
-            hp.uses.append(Use(sname, m.target, bool(m.read_only), via))
+            hp.uses.append(Use(sname, m.target, bool(m.read_only), via, cls))
     for hp in by_path.values():
         if os.path.isdir(hp.path):
             # An empty directory named like a file is what Docker leaves when a bind-mounted file is missing.
-            filelike = _example_for(hp.path) or _looks_like_file(hp.path)
+            filelike = mounts.example_for(hp.path) or mounts.looks_like_file(hp.path)
             hp.kind = "file" if filelike and not os.listdir(hp.path) else "dir"
-        elif os.path.lexists(hp.path) or _example_for(hp.path) or _looks_like_file(hp.path):
+        elif os.path.lexists(hp.path) or mounts.example_for(hp.path) or mounts.looks_like_file(hp.path):
             hp.kind = "file"
     return [by_path[p] for p in sorted(by_path)], warnings
-
-
-def _example_for(path: str) -> str | None:
-    """The ``*.example`` file next to ``path`` (``x.conf.example`` or ``x.example.conf``)."""
-    stem, ext = os.path.splitext(path)
-    for cand in (path + ".example", stem + ".example" + ext if ext else None):
-        if cand and os.path.isfile(cand):
-            return cand
-    return None
-
-
-# --------------------------------------------------------------------------------------------
-# 2. Owner resolution
-
-
-@dataclass(frozen=True)
-class Identity:
-    uid: int
-    gid: int
-    source: str         # override | user | image-table | image-config | root
-    detail: str = ""
-
-
-class ImageMissing(Exception):
-    """The image is not present on the engine (not pulled or built yet)."""
-
-
-def parse_passwd(text: str) -> dict[str, tuple[int, int]]:
-    """``name -> (uid, gid)`` from an /etc/passwd text; bad lines are ignored."""
-    out = {}
-    for line in text.splitlines():
-        parts = line.split(":")
-        if len(parts) >= 4 and parts[2].isdigit() and parts[3].isdigit():
-            out.setdefault(parts[0], (int(parts[2]), int(parts[3])))
-    return out
-
-
-def parse_group(text: str) -> dict[str, int]:
-    """``name -> gid`` from an /etc/group text."""
-    out = {}
-    for line in text.splitlines():
-        parts = line.split(":")
-        if len(parts) >= 3 and parts[2].isdigit():
-            out.setdefault(parts[0], int(parts[2]))
-    return out
-
-
-def _untar_one(data: bytes) -> str:
-    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
-        for member in tf:
-            if member.isfile():
-                fh = tf.extractfile(member)
-                return fh.read().decode("utf-8", "replace") if fh else ""
-    return ""
-
-
-class DockerImages:
-    """Reads an image's configured user and its /etc/passwd and /etc/group without running it.
-
-    The files are copied out of a created, never started container (``get_archive``): the engine
-    resolves layers and whiteouts, and only two small files cross the socket, however large the
-    image. Uses the docker SDK; falls back to the docker CLI where the SDK is not installed (a
-    target host with only the engine). Results are cached per image for the life of the object.
-    """
-
-    def __init__(self, docker_host: str | None = None, docker_cli: str = "docker"):
-        self.docker_host = docker_host
-        self.docker_cli = docker_cli
-        self._client = None
-        self._users: dict[str, str | None] = {}
-        self._files: dict[str, tuple[dict, dict]] = {}
-        self.lookups = 0            # containers created (for tests and reports)
-
-    def _sdk(self):
-        if self._client is None:
-            try:
-                import docker
-            except ImportError:
-                self._client = False
-            else:
-                try:
-                    self._client = (docker.DockerClient(base_url=self.docker_host) if self.docker_host
-                                    else docker.from_env())
-                except docker.errors.DockerException as exc:
-                    raise HyHomeError(f"cannot reach the Docker engine to inspect images: {exc}") from None
-        return self._client
-
-    def _cli(self, *args: str, binary: bool = False):
-        env = dict(os.environ)
-        if self.docker_host:
-            env["DOCKER_HOST"] = self.docker_host
-        try:
-            res = subprocess.run([self.docker_cli, *args], capture_output=True, env=env, check=False, timeout=120)
-        except FileNotFoundError:
-            raise HyHomeError("neither the docker SDK for Python nor the docker CLI is available "
-                              "to inspect images; set an owner override instead") from None
-        if res.returncode != 0:
-            err = res.stderr.decode("utf-8", "replace").strip()
-            if "No such image" in err or "No such object" in err:
-                raise ImageMissing(err)
-            if "Could not find the file" in err or "No such container:path" in err:
-                return None
-            raise HyHomeError(f"docker {args[0]} failed: {err}")
-        return res.stdout if binary else res.stdout.decode("utf-8", "replace")
-
-    def config_user(self, image: str) -> str | None:
-        """``Config.User`` of a local image ('' or None when unset). Raises ImageMissing."""
-        if image not in self._users:
-            client = self._sdk()
-            if client:
-                import docker
-                try:
-                    info = client.api.inspect_image(image)
-                except docker.errors.ImageNotFound:
-                    raise ImageMissing(image) from None
-                except docker.errors.APIError as exc:
-                    raise HyHomeError(f"cannot inspect image {image}: {exc}") from None
-                self._users[image] = (info.get("Config") or {}).get("User") or None
-            else:
-                out = self._cli("image", "inspect", "--format", "{{json .Config.User}}", image)
-                self._users[image] = json.loads(out.strip() or '""') or None
-        return self._users[image]
-
-    def accounts(self, image: str) -> tuple[dict[str, tuple[int, int]], dict[str, int]]:
-        """(passwd, group) of a local image, parsed. Raises ImageMissing."""
-        if image not in self._files:
-            self.config_user(image)     # ImageMissing early, before creating anything
-            texts = self._read_files(image, ("/etc/passwd", "/etc/group"))
-            self._files[image] = (parse_passwd(texts[0]), parse_group(texts[1]))
-        return self._files[image]
-
-    def _read_files(self, image: str, paths: tuple[str, ...]) -> list[str]:
-        name = f"hyhome-passwd-probe-{uuid.uuid4().hex[:12]}"
-        self.lookups += 1
-        client = self._sdk()
-        if client:
-            import docker
-            cid = client.api.create_container(
-                image, entrypoint=["/hyhome-probe-never-started"], command=[], network_disabled=True,
-                name=name, labels={"org.hyhome.probe": "data_dirs"})["Id"]
-            try:
-                out = []
-                for p in paths:
-                    try:
-                        chunks, _ = client.api.get_archive(cid, p)
-                        out.append(_untar_one(b"".join(chunks)))
-                    except docker.errors.NotFound:
-                        out.append("")
-                return out
-            finally:
-                client.api.remove_container(cid, force=True)
-        cid = self._cli("create", "--name", name, "--network", "none", "--label", "org.hyhome.probe=data_dirs",
-                        "--entrypoint", "/hyhome-probe-never-started", image).strip()
-        try:
-            out = []
-            for p in paths:
-                data = self._cli("cp", f"{cid}:{p}", "-", binary=True)
-                out.append(_untar_one(data) if data else "")
-            return out
-        finally:
-            self._cli("rm", "-f", cid)
-
-
-def image_repository(image: str) -> str:
-    """Repository path of an image reference without registry, tag, digest and ``library/``."""
-    ref = image.split("@", 1)[0]
-    last = ref.rsplit("/", 1)
-    if ":" in last[-1]:
-        ref = ref[: len(ref) - len(last[-1]) + last[-1].index(":")]
-    parts = ref.split("/")
-    if len(parts) > 1 and ("." in parts[0] or ":" in parts[0] or parts[0] == "localhost"):
-        parts = parts[1:]
-    if parts and parts[0] == "library":
-        parts = parts[1:]
-    return "/".join(parts).lower()
-
-
-def table_lookup(image: str, table: dict[str, str]) -> tuple[str, str] | None:
-    """(key, "uid:gid") for ``image`` from ``table``.
-
-    A namespaced key (``grafana/loki``) matches the repository or any mirror path ending in it; a
-    single name (``postgres``) matches only the official image, also behind a mirror path ending
-    in ``library/postgres``.
-    """
-    repo = image_repository(image)
-    raw = image.split("@", 1)[0].lower()
-    for key in sorted(table, key=len, reverse=True):
-        k = key.lower()
-        if "/" in k:
-            if repo == k or repo.endswith("/" + k):
-                return key, table[key]
-        elif repo == k or raw.rsplit(":", 1)[0].endswith("/library/" + k):
-            return key, table[key]
-    return None
-
-
-def _split_user(spec: str) -> tuple[str, str | None]:
-    user, _, group = str(spec).partition(":")
-    return user.strip(), (group.strip() or None)
-
-
-def _owner_spec(value, what: str) -> tuple[int, int | None]:
-    """"uid[:gid]" (numbers only) from the table or an override."""
-    user, group = _split_user(value)
-    if not user.isdigit() or (group is not None and not group.isdigit()):
-        raise HyHomeError(f"{what}: {value!r} must be numeric 'uid' or 'uid:gid'")
-    return int(user), (int(group) if group is not None else None)
-
-
-class OwnerResolver:
-    """Decides which uid:gid a service's processes run as; see the module docstring for the order."""
-
-    def __init__(self, options: dict, images=None):
-        self.options = options
-        self.images = images
-        self.table = {**DEFAULT_IMAGE_USERS, **{str(k): str(v) for k, v in (options.get("image_users") or {}).items()}}
-        self.warnings: list[str] = []
-        self._cache: dict[str, Identity] = {}
-
-    def _images(self):
-        if self.images is None:
-            self.images = DockerImages()
-        return self.images
-
-    def _image_missing(self, svc, why: str) -> None:
-        msg = (f"service {svc.name}: image {svc.image} is not on this engine, so {why}; pull or build it "
-               "first, or set an override for the service")
-        if self.options.get("missing_image") == "fail":
-            raise HyHomeError(msg)
-        self.warnings.append(msg)
-
-    def _resolve_spec(self, svc, spec: str, source: str) -> Identity | None:
-        """``user:`` / ``Config.User`` text to an Identity, names looked up in the image."""
-        user, group = _split_user(spec)
-        if user.isdigit() and (group is None or group.isdigit()):
-            uid = int(user)
-            gid = int(group) if group is not None else uid
-            return Identity(uid, gid, source, spec)
-        if not svc.image:
-            raise HyHomeError(f"service {svc.name}: user {spec!r} is a name but the service has no image to "
-                              "resolve it in; use a numeric uid or an override")
-        try:
-            passwd, groups = self._images().accounts(svc.image)
-        except ImageMissing:
-            self._image_missing(svc, f"its user {spec!r} cannot be resolved")
-            return None
-        if user.isdigit():
-            uid = int(user)
-        elif user in passwd:
-            uid = passwd[user][0]
-        else:
-            raise HyHomeError(f"service {svc.name}: user {user!r} is not in /etc/passwd of image {svc.image}")
-        if group is None:
-            gid = next((g for u, g in passwd.values() if u == uid), uid)
-        elif group.isdigit():
-            gid = int(group)
-        elif group in groups:
-            gid = groups[group]
-        else:
-            raise HyHomeError(f"service {svc.name}: group {group!r} is not in /etc/group of image {svc.image}")
-        return Identity(uid, gid, source, f"{spec} in {svc.image}")
-
-    def service(self, svc) -> Identity:
-        """Identity of a service (cached)."""
-        if svc.name in self._cache:
-            return self._cache[svc.name]
-        ident = self._resolve(svc)
-        self._cache[svc.name] = ident
-        return ident
-
-    def _resolve(self, svc) -> Identity:
-        ov = (self.options.get("overrides") or {}).get(svc.name)
-        if ov and ov.get("owner") not in (None, ""):
-            return _override_identity(ov, f"override for service {svc.name}")
-        if svc.user not in (None, ""):
-            ident = self._resolve_spec(svc, str(svc.user), "user")
-            if ident:
-                return ident
-        if svc.image:
-            hit = table_lookup(svc.image, self.table)
-            if hit:
-                uid, gid = _owner_spec(hit[1], f"image_users[{hit[0]}]")
-                return Identity(uid, uid if gid is None else gid, "image-table", f"{hit[0]} -> {hit[1]}")
-            try:
-                cfg = self._images().config_user(svc.image)
-            except ImageMissing:
-                self._image_missing(svc, "its configured user is unknown (root assumed)")
-                cfg = None
-            if cfg:
-                ident = self._resolve_spec(svc, cfg, "image-config")
-                if ident:
-                    return ident
-        return Identity(0, 0, "root", "no user, no table entry, no configured user")
-
-
-def _override_identity(ov: dict, what: str) -> Identity:
-    uid = ov.get("owner")
-    gid = ov.get("group")
-    if isinstance(uid, str) and not uid.isdigit():
-        uid, _ = resolve_owner(uid, None)
-    if isinstance(gid, str) and gid and not gid.isdigit():
-        _, gid = resolve_owner(None, gid)
-    uid = int(uid)
-    gid = uid if gid in (None, "") else int(gid)
-    return Identity(uid, gid, "override", what)
 
 
 # --------------------------------------------------------------------------------------------
@@ -539,6 +195,7 @@ class Plan:
     missing_files: list[dict] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     excludes: list[str] = field(default_factory=list)
+    host_paths: list[dict] = field(default_factory=list)
 
 
 def _within(path: str, root: str) -> bool:
@@ -563,18 +220,33 @@ def plan(project, options: dict | None = None, images=None) -> Plan:
     opts = _merge_options(options)
     project_dir = os.path.normpath(os.path.abspath(project.working_dir))
     roots = [os.path.normpath(os.path.abspath(r)) for r in (opts["allowed_roots"] or [project_dir])]
-    excludes = [os.path.normpath(os.path.abspath(e)) for e in
+    excludes = [os.path.normpath(os.path.join(project_dir, str(e))) for e in
                 (opts["exclude"] if opts["exclude"] is not None else [os.path.join(project_dir, "secrets")])]
+    excluded_why = ("excluded (the secrets and tls roles own this tree)" if opts["exclude"] is None
+                    else "excluded by the exclude option")
     path_overrides = {}
     for key, ov in (opts["overrides"] or {}).items():
         if "/" in key:
             p = os.path.normpath(key if os.path.isabs(key) else os.path.join(project_dir, key))
             path_overrides[p] = ov or {}
-    resolver = OwnerResolver(opts, images)
+    resolver = IdentityResolver({k: v for k, v in (opts["overrides"] or {}).items() if "/" not in k},
+                                opts["image_users"], images, opts["missing_image"])
     out = Plan(excludes=excludes)
     paths, out.warnings = derive_paths(project)
     refusals = []
     for hp in paths:
+        services = sorted({u.service for u in hp.uses})
+        # Exclusions first: an excluded tree is never touched, so it cannot be refused either.
+        if any(_within(hp.path, e) for e in excludes):
+            out.skipped.append({"path": hp.path, "services": services, "reason": excluded_why})
+            continue
+        # Read-only binds of paths outside the project are the host's (cAdvisor's /:/rootfs:ro, /sys,
+        # /var/lib/docker): left alone and reported. A writable bind of a system path is still refused.
+        if all(u.cls == "host" for u in hp.uses) and not any(_within(hp.path, r) for r in roots):
+            out.host_paths.append({"path": hp.path, "services": services,
+                                   "targets": sorted({u.target for u in hp.uses}),
+                                   "reason": "host path, not managed"})
+            continue
         try:
             refuse_dangerous(hp.path, "bind-mount path")
             for root in roots:
@@ -585,12 +257,7 @@ def plan(project, options: dict | None = None, images=None) -> Plan:
                                   f"({', '.join(roots)}); add its parent to allowed_roots")
             ensure_within(inside[0], hp.path, "bind-mount path")
         except HyHomeError as exc:
-            refusals.append(f"{exc.msg} (services: {', '.join(sorted({u.service for u in hp.uses}))})")
-            continue
-        services = sorted({u.service for u in hp.uses})
-        if any(_within(hp.path, e) for e in excludes):
-            out.skipped.append({"path": hp.path, "services": services,
-                                "reason": "excluded (the secrets and tls roles own this tree)"})
+            refusals.append(f"{exc.msg} (services: {', '.join(services)})")
             continue
         if hp.path in roots:
             out.skipped.append({"path": hp.path, "services": services,
@@ -600,7 +267,9 @@ def plan(project, options: dict | None = None, images=None) -> Plan:
         if item:
             out.items.append(item)
     if refusals:
-        raise HyHomeError("nothing changed; refused: " + "; ".join(refusals))
+        raise HyHomeError("nothing changed; refused: " + "; ".join(refusals)
+                          + ". A host path the service only reads is left alone when mounted read-only (:ro); "
+                          "a tree the project must not manage can be listed in exclude")
     out.warnings.extend(resolver.warnings)
     return out
 
@@ -611,13 +280,13 @@ def _plan_item(project, hp: HostPath, services, opts, resolver, path_overrides, 
     exists = os.path.lexists(real)
     example = None
     if hp.kind == "file" and not exists:
-        example = _example_for(hp.path)
+        example = mounts.example_for(hp.path)
         if not example or not opts["copy_examples"]:
             out.missing_files.append({"path": hp.path, "services": services,
                                       "hint": "create it (Docker would create an empty directory in its place)"})
             return None
     elif hp.kind == "file" and os.path.isdir(real):
-        example = _example_for(hp.path)
+        example = mounts.example_for(hp.path)
         with os.scandir(real) as it:
             empty = next(it, None) is None
         if not (example and empty and opts["copy_examples"]):
@@ -628,7 +297,7 @@ def _plan_item(project, hp: HostPath, services, opts, resolver, path_overrides, 
     # Identities of the services that mount this path.
     ov = path_overrides.get(hp.path)
     if ov and ov.get("owner") not in (None, ""):
-        idents = {s: _override_identity(ov, f"override for path {hp.path}") for s in services}
+        idents = {s: override_identity(ov, f"override for path {hp.path}") for s in services}
     else:
         idents = {s: resolver.service(project.services[s]) for s in services}
     distinct = sorted({(i.uid, i.gid) for i in idents.values()})
@@ -641,7 +310,7 @@ def _plan_item(project, hp: HostPath, services, opts, resolver, path_overrides, 
         if len(gids) == 1:
             gid = gids.pop()
         elif opts["shared_group"] not in (None, ""):
-            gid = _override_identity({"owner": 0, "group": opts["shared_group"]}, "shared_group").gid
+            gid = override_identity({"owner": 0, "group": opts["shared_group"]}, "shared_group").gid
         report = {"path": hp.path, "owner": ident.uid, "group": gid,
                   "users": {s: f"{i.uid}:{i.gid}" for s, i in sorted(idents.items())}}
         needs = sorted(s for s, i in idents.items()
@@ -654,7 +323,7 @@ def _plan_item(project, hp: HostPath, services, opts, resolver, path_overrides, 
     top_mode = parse_mode((ov or {}).get("mode"), f"override mode for {hp.path}")
     rule = _rule(hp.kind, writable, shared, ident, top_mode, opts, real if exists else None)
     if ov and ov.get("group") not in (None, "") and not (ov.get("owner") not in (None, "")):
-        rule.gid = _override_identity({"owner": 0, "group": ov["group"]}, "override group").gid
+        rule.gid = override_identity({"owner": 0, "group": ov["group"]}, "override group").gid
     copy_mode = top_mode if top_mode is not None else opts["config_mode"] | (0o660 if shared and writable else 0)
     return Item(hp.path, hp.kind, services, not writable, ident, rule, shared, example, exists, copy_mode)
 
@@ -970,6 +639,7 @@ def apply(p: Plan, check: bool = False, recurse: bool = False) -> dict:
         "copied": copied,
         "shared": p.shared,
         "skipped_paths": p.skipped,
+        "host_paths": p.host_paths,
         "missing_files": p.missing_files,
         "notes": p.warnings,
         "totals": totals,

@@ -26,13 +26,17 @@ import sys
 from dataclasses import dataclass, field
 
 from ansible_collections.hyhome.bootstrap.plugins.module_utils import compose_model
+from ansible_collections.hyhome.bootstrap.plugins.module_utils import findings as shared
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_model import Project
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyHomeError
+from ansible_collections.hyhome.bootstrap.plugins.module_utils.findings import (
+    ERROR,
+    INFO,
+    SEVERITIES,
+    WARNING,
+)
 
-BLOCKER = "blocker"
-WARNING = "warning"
-INFO = "info"          # ok / informational
-SEVERITIES = (BLOCKER, WARNING, INFO)
+BLOCKER = ERROR        # the shared "error": in preflight, what blocks first boot
 
 # Every check, in report order. The id is stable: scripts and the JSON report key on it.
 CHECKS = (
@@ -55,24 +59,25 @@ CHECKS = (
 CHECK_ORDER = {cid: i for i, (cid, _) in enumerate(CHECKS)}
 
 # Steps (roles) that fix a finding; ``deferred_steps`` lets day0 run preflight before them.
-STEPS = ("docker_engine", "secrets", "tls", "data_dirs", "env")
+STEPS = ("docker_engine", "secrets", "tls", "data_dirs", "env", "compose")
+
+# What only matters once containers start: with ``start_stack`` false (day0 prepares the project,
+# nothing is started) these are warnings, "needed before the stack starts".
+BOOT_TIME_CHECKS = ("host.ports", "host.vm_max_map_count", "project.networks", "project.volumes")
 
 CERT_SUFFIXES = (".pem", ".crt", ".cert", ".key")
 GIB = 1024**3
 MIB = 1024**2
 
 
-@dataclass(frozen=True)
-class Finding:
-    check: str                 # one of CHECKS
-    severity: str              # blocker | warning | info
-    subject: str               # what it is about: a secret name, a path, a port, a variable
-    message: str               # what is wrong (or what was found), with the evidence
-    fix: str = ""              # how to fix it; empty for info findings
-    fixed_by: str | None = None  # the bootstrap step that fixes it, when one does (see STEPS)
-
-    def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
+def Finding(check: str, severity: str, subject: str, message: str, fix: str = "",
+            fixed_by: str | None = None, *, file: str | None = None, line: int | None = None) -> shared.Finding:
+    """A preflight finding, in the shared vocabulary (``findings.Finding``): the check id (one of
+    CHECKS) is its rule, ``subject`` what it is about (a secret, a path, a port, a variable),
+    ``fix`` its hint (empty for info findings), ``fixed_by`` the step that fixes it (see STEPS),
+    ``file``/``line`` where it is written, when known (the report makes the path project-relative)."""
+    return shared.Finding(severity, check, message, subject=subject, hint=fix, fixed_by=fixed_by, file=file,
+                          line=line)
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,10 @@ class Options:
     check_ports: bool = True
     env_file: str | None = None                # default: <project>/.env
     secrets_registry_file: str | None = None   # default: <project>/hyhome-secrets.yml (the secrets role's)
+    env_example: str | None = None             # default: <project>/.env.example (the env step's template)
+    env_supplied: tuple[str, ...] = ()         # names the env step sets from the inventory (values, generated)
+    env_allow_empty: tuple[str, ...] = ()      # names that may stay empty on purpose (env_allow_empty)
+    start_stack: bool = True                   # False: day0 only prepares; boot-time checks are warnings
 
 
 @dataclass(frozen=True)
@@ -496,7 +505,9 @@ def _check_compose(facts: HostFacts, opt: Options) -> list[Finding]:
 
 
 def _image_name(image: str) -> str:
-    """'docker.elastic.co/elasticsearch/elasticsearch:8.1@sha256:..' -> 'elasticsearch'."""
+    """'docker.elastic.co/elasticsearch/elasticsearch:8.1@sha256:..' -> 'elasticsearch'. Works on raw
+    files too (``docker compose config`` failed): interpolations left unresolved are dropped first."""
+    image = re.sub(r"\$\{[^}]*\}", "", image)
     name = image.split("@", 1)[0].rsplit("/", 1)[-1]
     return name.split(":", 1)[0].lower()
 
@@ -511,6 +522,8 @@ def _check_max_map_count(project: Project, facts: HostFacts, opt: Options) -> li
     want = opt.vm_max_map_count
     subject = "vm.max_map_count"
     fix = f"sysctl -w vm.max_map_count={want} and persist it in /etc/sysctl.d/99-hyhome.conf"
+    if project.source == "raw":
+        who += " (found in the compose files: `docker compose config` failed)"
     if facts.max_map_count is None:
         why = facts.max_map_count_error or "unknown"
         return [Finding(cid, WARNING, subject, f"{why}; service {who} needs >= {want}", fix)]
@@ -616,7 +629,10 @@ def _check_config(project: Project) -> list[Finding]:
         out.append(Finding(cid, BLOCKER, loc, err.message, "fix the file (scripts/validate-docker-compose.sh "
                                                            "lints every compose file)"))
     if project.config_error:
-        first = "\n".join(project.config_error.strip().splitlines()[:5])
+        errors, n_warnings = compose_error_lines(project.config_error)
+        first = "; ".join(errors[:3])
+        if n_warnings:
+            first += f" (and {_n(n_warnings, 'compose warning')}: the validate step lists them)"
         unset = sorted(set(re.findall(r"required variable (\w+) is missing a value", project.config_error)))
         if unset:  # only .env is wrong, and the env step writes .env
             fix, step = f"set {', '.join(unset)} in .env (the env step renders it)", "env"
@@ -631,11 +647,34 @@ def _check_config(project: Project) -> list[Finding]:
     return out
 
 
+_LOGRUS_RE = re.compile(r'^time="[^"]*"\s+level=(\w+)\s+msg="((?:[^"\\]|\\.)*)"')
+
+
+def compose_error_lines(stderr: str) -> tuple[list[str], int]:
+    """(error lines, number of warning lines) of a failed ``docker compose`` call. Compose prints
+    ``level=warning`` lines (unset variables, obsolete ``version:``) before the error that stopped
+    it; the error is what to show. A ``level=error|fatal msg="..."`` line is unwrapped."""
+    errors, warnings = [], 0
+    for raw in (stderr or "").strip().splitlines():
+        line = raw.strip()
+        m = _LOGRUS_RE.match(line)
+        if m:
+            if m.group(1) in ("warning", "info", "debug", "trace"):
+                warnings += 1
+                continue
+            line = m.group(2).replace('\\"', '"')
+        if line:
+            errors.append(line)
+    return (errors or [(stderr or "").strip() or "no output"]), warnings
+
+
 def _env_needs(project: Project) -> dict[str, dict]:
     """Variables referenced without a default: name -> {required, where}."""
+    from ansible_collections.hyhome.bootstrap.plugins.module_utils.env_file import substitutes_empty
+
     needs: dict[str, dict] = {}
     for ref in project.env_refs:
-        if ref.has_default:
+        if ref.has_default or substitutes_empty(ref):   # ${X:+alt} is "" by design when X is unset
             continue
         n = needs.setdefault(ref.name, {"required": False, "where": []})
         n["required"] = n["required"] or ref.required
@@ -655,7 +694,11 @@ def _where(places: list[str]) -> str:
 
 
 def _check_env(project: Project, env_path: str, env: dict[str, str] | None,
-               problem: str | None = None) -> list[Finding]:
+               problem: str | None = None, example: dict[str, str] | None = None,
+               example_path: str | None = None, supplied=(), allow_empty=()) -> list[Finding]:
+    """``.env`` and the variables referenced without a default. An empty one blocks like an unset
+    one (Compose would stop, or substitute ""). Left to the env step when it will set the variable
+    (a value in the example, or ``supplied`` by the inventory); otherwise the fix says where to set it."""
     needs = _env_needs(project)
     rel = _rel(env_path, project.working_dir)
     fix_env = f"add the variable to {rel} (the env step renders it from .env.example and the inventory)"
@@ -673,25 +716,33 @@ def _check_env(project: Project, env_path: str, env: dict[str, str] | None,
     else:
         out.append(Finding("project.env_file", INFO, rel, f"present, {_n(len(env), 'variable')}"))
     env = env or {}
+    supplied, allow = set(supplied or ()), set(allow_empty or ())
+    example_rel = _rel(example_path or os.path.join(project.working_dir, ".env.example"), project.working_dir)
+    no_example = example is None
+    example = example or {}
     bad = 0
     for name in sorted(needs):
         n = needs[name]
+        may_be_empty = name in allow and not n["required"]
+        if env.get(name) or (name in env and may_be_empty):
+            continue
+        bad += 1
         where = _where(n["where"])
-        if name not in env:
-            bad += 1
-            why = "Compose stops with an error" if n["required"] else "Compose substitutes an empty string"
+        state = f"not set in {rel}" if name not in env else f"empty in {rel}"
+        why = "Compose stops with an error" if n["required"] else "Compose substitutes an empty string"
+        if name in supplied or example.get(name) or may_be_empty:
             out.append(Finding("project.env_vars", BLOCKER, name,
-                               f"referenced without a default{where} but not set in {rel}: {why}", fix_env, "env"))
-        elif env[name] == "":
-            bad += 1
-            if n["required"]:
-                out.append(Finding("project.env_vars", BLOCKER, name,
-                                   f"empty in {rel}, but required{where} (${{{name}:?}})",
-                                   f"give {name} a value in {rel}", "env"))
-            else:
-                out.append(Finding("project.env_vars", WARNING, name,
-                                   f"empty in {rel}; referenced without a default{where}",
-                                   f"give {name} a value in {rel}, or a default in the compose file", "env"))
+                               f"referenced without a default{where} but {state}: {why}", fix_env, "env"))
+            continue
+        out.append(Finding(
+            "project.env_vars", BLOCKER, name,
+            f"referenced without a default{where}, {state}, and nothing will set it: "
+            + (f"there is no {example_rel}" if no_example
+               else f"{example_rel} leaves it {'empty' if name in example else 'out'}")
+            + f" and the inventory does not set it; {why}",
+            f"set {name} in the inventory's env_values or in {example_rel}; if it is an identifier that only has "
+            f"to be unique and stable (a cluster id), declare it in env_generated ({name}: uuid, hex or "
+            f"kafka-cluster-id) and the env step generates it once; if it may stay empty, list it in env_allow_empty"))
     if not bad:
         out.append(Finding("project.env_vars", INFO, "variables",
                            f"{_n(len(needs), 'variable')} referenced without a default, all set"))
@@ -762,7 +813,7 @@ def _is_blank(path: str) -> bool | None:
 
 def _check_secret_file(cid: str, subject: str, path: str, used_by: list[str], project_dir: str,
                        entry: dict | None = None) -> Finding | None:
-    """One secret or certificate file. ``entry``: its secrets-registry entry, when it has one."""
+    """One secret or certificate file. ``entry``: :func:`provided_entry` when only a person can supply it."""
     step = "tls" if cid == "project.certs" else "secrets"
     what = "certificate" if cid == "project.certs" else "secret"
     rel = _rel(path, project_dir)
@@ -770,8 +821,14 @@ def _check_secret_file(cid: str, subject: str, path: str, used_by: list[str], pr
     sev = BLOCKER if used_by else WARNING
     entry = entry or {}
     provided = entry.get("kind") == "provided"
+    readers = f"read by {', '.join(used_by)}" if used_by else "no service reads it"
+    origin = ("kind provided inferred from its name" if entry.get("inferred")
+              else f"kind provided in {entry.get('registry') or 'the secrets registry'}")
     if provided:
-        fix = f"put {entry.get('hint') or 'the value'} in {rel}; only a person can supply it"
+        what = f" ({entry['hint']})" if entry.get("hint") else ""
+        fix = f"a person supplies it{what}: write it to {rel} ({readers})"
+        if entry.get("inferred"):
+            fix += f"; if the stack can generate it instead, give {subject} a kind in {entry.get('registry')}"
     elif step == "secrets":
         fix = f"run the secrets step (hyhome.bootstrap.secrets) to create it, or create {rel} yourself"
     else:
@@ -781,8 +838,9 @@ def _check_secret_file(cid: str, subject: str, path: str, used_by: list[str], pr
         return Finding(cid, WARNING, subject, f"cannot check {rel}: {kind[12:]}", "run preflight as root")
     if kind == "file" and not _is_blank(path):
         if provided and _is_placeholder(path):
-            return Finding(cid, WARNING, subject, f"provided secret {rel} still holds the placeholder{tail}",
-                           fix)
+            return Finding(cid, WARNING, subject,
+                           f"provided secret {rel} still holds the placeholder, not a working value ({origin}); "
+                           f"{readers}", fix)
         return None
     if kind == "missing":
         state = "is missing"
@@ -792,10 +850,11 @@ def _check_secret_file(cid: str, subject: str, path: str, used_by: list[str], pr
         state = "is empty"
     if provided and entry.get("optional"):
         return Finding(cid, WARNING, subject,
-                       f"provided secret {rel} {state}{tail}: the secrets step writes a placeholder, so the stack "
-                       "boots, but what needs the value fails until a person sets it", fix, step)
+                       f"provided secret {rel} {state} ({origin}); {readers}: the secrets step writes a placeholder, "
+                       "so the stack boots, but what needs the value fails until a person writes it", fix, step)
     if provided:
-        return Finding(cid, sev, subject, f"provided secret {rel} {state}{tail}", fix)
+        return Finding(cid, sev, subject,
+                       f"provided secret {rel} {state} ({origin}); {readers}; only a person can supply it", fix)
     if kind == "dir":
         return Finding(cid, sev, subject, f"{rel} {state}{tail}", f"remove the directory {rel}, then: {fix}", step)
     if kind == "other":
@@ -816,8 +875,28 @@ def _is_placeholder(path: str) -> bool:
         return False
 
 
+def provided_entry(name: str, entry: dict | None, registry_rel: str = "hyhome-secrets.yml") -> dict | None:
+    """How preflight sees a secret only a person can supply, else None: ``kind: provided`` in the
+    registry, or inferred from a name that signals an outside credential (``slack_webhook``,
+    ``smtp_password``, an OAuth client secret: the secrets step's own inference). An inferred one
+    gets a placeholder from the secrets step (optional) unless the registry says otherwise."""
+    from ansible_collections.hyhome.bootstrap.plugins.module_utils.secrets import infer_kind
+
+    entry = entry or {}
+    kind, why = entry.get("kind"), None
+    if not kind:
+        guess = infer_kind(name)
+        if guess:
+            kind, why = guess
+    if kind != "provided":
+        return None
+    return {"kind": "provided", "optional": bool(entry.get("optional", why is not None)),
+            "hint": entry.get("hint") or entry.get("description") or why, "inferred": why is not None,
+            "registry": registry_rel}
+
+
 def _check_secrets(project: Project, registry: dict[str, dict] | None = None,
-                   ) -> tuple[list[Finding], dict[str, int]]:
+                   registry_rel: str = "hyhome-secrets.yml") -> tuple[list[Finding], dict[str, int]]:
     root = project.working_dir
     used: dict[str, list[str]] = {}
     for svc in project.services.values():
@@ -833,7 +912,7 @@ def _check_secrets(project: Project, registry: dict[str, dict] | None = None,
             continue
         cid = "project.certs" if _is_cert_path(sec.file, root) else "project.secrets"
         counts[cid] += 1
-        entry = (registry or {}).get(name)
+        entry = provided_entry(name, (registry or {}).get(name), registry_rel)
         f = _check_secret_file(cid, name, sec.file, sorted(used.get(name, [])), root, entry)
         if f:
             out.append(f)
@@ -841,14 +920,19 @@ def _check_secrets(project: Project, registry: dict[str, dict] | None = None,
 
 
 def _bind_mounts(project: Project) -> dict[str, dict]:
-    """host path -> {services, targets, create, volume, nonroot} over every bind mount of the project."""
+    """host path -> {services, targets, create, volume, nonroot, host} over every bind mount of the
+    project. ``host``: every mount of the path is the host's (read-only, outside the project), never managed."""
+    from ansible_collections.hyhome.bootstrap.plugins.module_utils.mounts import classify
+
     binds: dict[str, dict] = {}
     for svc in project.services.values():
         for m in svc.mounts:
             if not m.host_path:
                 continue
             b = binds.setdefault(os.path.normpath(m.host_path),
-                                 {"services": [], "targets": [], "create": True, "volume": None, "nonroot": False})
+                                 {"services": [], "targets": [], "create": True, "volume": None, "nonroot": False,
+                                  "host": True})
+            b["host"] = b["host"] and classify(project, svc, m) == "host"
             if svc.name not in b["services"]:
                 b["services"].append(svc.name)
             b["targets"].append(m.target)
@@ -873,6 +957,14 @@ def _check_binds(project: Project, counts: dict[str, int]) -> list[Finding]:
         rel = _rel(path, root)
         users = ", ".join(sorted(b["services"]))
         is_file = _looks_like_file(path, b["targets"][0]) or _example_sibling(path) is not None
+        if b["host"]:
+            n_files, n_dirs = (n_files + 1, n_dirs) if is_file else (n_files, n_dirs + 1)
+            if _stat_kind(path) == "missing":
+                out.append(Finding("project.bind_files" if is_file else "project.bind_dirs", WARNING, rel,
+                                   f"host path, not managed: missing on this host; bind-mounted read-only by {users}",
+                                   f"nothing for day0 to create (it is the host's, not the project's): check that "
+                                   f"{users} need it on this host, or drop the mount in a compose override file"))
+            continue
         if _is_cert_path(path, root) or _within(path, secrets_dir):
             cid = "project.certs" if _is_cert_path(path, root) else "project.secrets"
             counts[cid] += 1
@@ -954,6 +1046,11 @@ def _check_external(project: Project, facts: HostFacts) -> tuple[list[Finding], 
         if have is None:
             out.append(Finding(cid, WARNING, name, f"external {kind}: not checked, Docker Engine unreachable",
                                "re-run once the engine is reachable"))
+        elif name not in have and kind == "network":
+            out.append(Finding(cid, BLOCKER, name,
+                               "external network does not exist; Compose will not create it, the compose step "
+                               "does (compose_create_networks)",
+                               f"let the compose step create it, or docker network create {name}", "compose"))
         elif name not in have:
             out.append(Finding(cid, BLOCKER, name,
                                f"external {kind} does not exist; Compose will not create it",
@@ -978,8 +1075,11 @@ def run_checks(project: Project, facts: HostFacts, options: Options = Options())
     findings += _check_memory(project, facts, options)
     findings += _check_ports(project, facts, options)
     findings += _check_config(project)
-    findings += _check_env(project, env_path, *_read_env(env_path))
-    secret_findings, counts = _check_secrets(project, registry)
+    example_path = in_project(options.env_example or ".env.example")
+    example = compose_model.read_dotenv(example_path) if os.path.isfile(example_path) else None
+    findings += _check_env(project, env_path, *_read_env(env_path), example=example, example_path=example_path,
+                           supplied=options.env_supplied, allow_empty=options.env_allow_empty)
+    secret_findings, counts = _check_secrets(project, registry, _rel(registry_path, project.working_dir))
     findings += secret_findings
     if registry_problem:
         rel = _rel(registry_path, project.working_dir)
@@ -998,19 +1098,30 @@ def run_checks(project: Project, facts: HostFacts, options: Options = Options())
         "project.networks": ("networks", "external network", "external networks", "exist"),
         "project.volumes": ("volumes", "external volume", "external volumes", "exist"),
     }
-    flagged = {f.check for f in findings if f.severity != INFO}
+    flagged = {f.rule for f in findings if f.severity != INFO}
     for cid, (subject, one, many, state) in ok_rows.items():
         if cid not in flagged:
             n = counts.get(cid, 0)
             text = f"no {one} in the project" if n == 0 else f"{n} {one if n == 1 else many} {state}"
             findings.append(Finding(cid, INFO, subject, text))
+    if not options.start_stack:
+        findings = [_not_needed_yet(f) for f in findings]
     return sort_findings(findings)
+
+
+def _not_needed_yet(f: Finding) -> Finding:
+    """A boot-time blocker as a warning, for a run that prepares the project without starting it."""
+    if f.rule not in BOOT_TIME_CHECKS or f.severity != BLOCKER:
+        return f
+    return dataclasses.replace(f, severity=WARNING,
+                               message=f"{f.message} -- needed before the stack starts (this run only prepares it: "
+                                       "hyhome_start_stack is false)")
 
 
 def sort_findings(findings: list[Finding]) -> list[Finding]:
     """Stable report order: check order, then blockers before warnings before info, then subject."""
     sev = {s: i for i, s in enumerate(SEVERITIES)}
-    return sorted(findings, key=lambda f: (CHECK_ORDER.get(f.check, 99), sev.get(f.severity, 9),
+    return sorted(findings, key=lambda f: (CHECK_ORDER.get(f.rule, 99), sev.get(f.severity, 9),
                                            _natural_key(f.subject), f.message))
 
 
@@ -1021,49 +1132,40 @@ def blocking(findings: list[Finding], deferred_steps=()) -> list[Finding]:
 
 
 def summarize(findings: list[Finding], deferred_steps=()) -> dict:
-    counts = {s: sum(1 for f in findings if f.severity == s) for s in SEVERITIES}
+    """The shared counts (error, warning, info, accepted) plus how many errors block first boot now
+    (``blocking``), how many later steps fix (``deferred``) and ``blocks_boot``."""
+    counts = shared.summarize(findings)
     blocks = blocking(findings, deferred_steps)
-    return {**counts, "blocking": len(blocks), "deferred": counts[BLOCKER] - len(blocks),
+    return {**counts, "blocking": len(blocks), "deferred": counts[ERROR] - len(blocks),
             "blocks_boot": bool(blocks)}
 
 
 def build_report(project: Project, findings: list[Finding], deferred_steps=()) -> dict:
     """The JSON report: deterministic (no timestamps), no secret values, only names and paths."""
     return {
-        "schema": 1,
+        "schema": 2,
         "project": {"name": project.name, "dir": project.working_dir, "files": list(project.files),
                     "model_source": project.source},
         "deferred_steps": sorted(set(deferred_steps or ())),
         "summary": summarize(findings, deferred_steps),
-        "findings": [f.as_dict() for f in findings],
+        "findings": [f.as_dict(project.working_dir) for f in findings],
     }
 
 
 def render_table(project: Project, findings: list[Finding], deferred_steps=(),
                  problems_only: bool = False) -> list[str]:
-    """The human table, one finding per row, the fix on the line below (``problems_only``: no info rows)."""
-    deferred = set(deferred_steps or ())
+    """The human table (the shared layout), one finding per row, the fix on the line below
+    (``problems_only``: no info rows), then the verdict."""
     s = summarize(findings, deferred_steps)
     if problems_only:
         findings = [f for f in findings if f.severity != INFO]
-    rows = [(f.severity.upper(), f.check, f.subject, f.message) for f in findings]
-    w_sev = max([len("SEVERITY")] + [len(r[0]) for r in rows])
-    w_chk = max([len("CHECK")] + [len(r[1]) for r in rows])
-    w_sub = min(40, max([len("SUBJECT")] + [len(r[2]) for r in rows]))
     lines = [f"Preflight of Compose project {project.name} ({project.working_dir})",
-             f"{'SEVERITY':<{w_sev}}  {'CHECK':<{w_chk}}  {'SUBJECT':<{w_sub}}  MESSAGE"]
-    for f, (sev, chk, sub, msg) in zip(findings, rows, strict=True):
-        lines.append(f"{sev:<{w_sev}}  {chk:<{w_chk}}  {sub:<{w_sub}}  {msg}")
-        if f.fix and f.severity != INFO:
-            later = ""
-            if f.severity == BLOCKER and f.fixed_by in deferred:
-                later = f" [left to the later {f.fixed_by} step]"
-            lines.append(f"{'':<{w_sev}}  {'':<{w_chk}}  {'':<{w_sub}}  fix: {f.fix}{later}")
+             *shared.render_table(findings, project.working_dir, deferred_steps)]
     stop = "stops" if s["blocking"] == 1 else "stop"
-    verdict = (f"BLOCKED: {_n(s['blocking'], 'blocker')} {stop} first boot" if s["blocks_boot"]
+    verdict = (f"BLOCKED: {_n(s['blocking'], 'error')} {stop} first boot" if s["blocks_boot"]
                else "OK: nothing blocks first boot")
     if s["deferred"]:
-        verdict += f" ({_n(s['deferred'], 'more blocker')} left to later steps)"
+        verdict += f" ({_n(s['deferred'], 'more error')} left to later steps)"
     lines.append(f"{verdict}; {_n(s[WARNING], 'warning')}, {s[INFO]} info.")
     return lines
 
@@ -1082,15 +1184,18 @@ class Result:
     blocking: list[Finding]
 
 
-def load(project_dir: str, files=None, env_file=None, profiles=None, docker: str = "docker") -> Project:
+def load(project_dir: str, files=None, env_file=None, profiles=None, docker: str = "docker",
+         cache: str = "off") -> Project:
     """The project through the one compose model. Bad input (no such directory, not a Compose project)
     raises HyHomeError; when `docker compose` itself is unusable, the raw files stand in, and the
-    reason is the project's ``config_error`` (so it becomes a finding, not a stop)."""
-    raw = compose_model.load_raw(project_dir, files=files or None, env_file=env_file)
+    reason is the project's ``config_error`` (so it becomes a finding, not a stop). ``cache``: the
+    run's project context (``compose_model.load_project``)."""
     try:
         return compose_model.load_project(project_dir, files=files or None, env_file=env_file,
-                                          profiles=profiles or None, docker=docker)
+                                          profiles=profiles or None, docker=docker, cache=cache)
     except HyHomeError as exc:
+        # Bad input raises again here; otherwise docker itself is the problem and the raw files stand in.
+        raw = compose_model.load_raw(project_dir, files=files or None, env_file=env_file)
         return compose_model.project_from_raw(raw, raw.project_dir, config_error=exc.msg)
 
 

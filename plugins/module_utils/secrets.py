@@ -18,11 +18,11 @@ Values never leave this module except into files: results carry names, paths and
 from __future__ import annotations
 
 import base64
-import dataclasses
 import datetime
 import hmac
 import math
 import os
+import re
 import secrets as _secrets
 import stat
 import string
@@ -38,14 +38,17 @@ from ansible_collections.hyhome.bootstrap.plugins.module_utils.fileops import (
     remove_stale_temps,
     resolve_owner,
 )
+from ansible_collections.hyhome.bootstrap.plugins.module_utils.identity import IdentityResolver, ImageMissing
+from ansible_collections.hyhome.bootstrap.plugins.module_utils.mounts import PLACEHOLDER_NAMES, classify
 
 # Every random byte comes from the OS CSPRNG through these two (tests assert it; keys come from
 # OpenSSL's CSPRNG through ``cryptography``).
 _token_bytes = _secrets.token_bytes
 _rng = _secrets.SystemRandom()
 
-KINDS = ("password", "hex", "base64", "token", "uuid", "htpasswd", "rsa", "ed25519", "fernet", "provided")
-GENERATED_KINDS = ("password", "hex", "base64", "token", "uuid", "rsa", "ed25519", "fernet")
+KINDS = ("password", "hex", "base64", "token", "uuid", "username", "htpasswd", "rsa", "ed25519", "fernet",
+         "provided")
+GENERATED_KINDS = ("password", "hex", "base64", "token", "uuid", "username", "rsa", "ed25519", "fernet")
 HTPASSWD_SCHEMES = ("bcrypt", "apr1", "sha512_crypt")
 
 # Defaults and floors. ``length`` means characters for password/hex and random bytes for
@@ -76,6 +79,44 @@ REGISTRY_KEYS = {
     "description",
 }
 
+# A ``username`` value: this prefix and a pronounceable random word with two digits
+# (``hyhome_bakoti42``): lowercase letters and digits, starts with a letter, 15 characters; valid
+# for PostgreSQL, MySQL/MariaDB, MinIO, RabbitMQ and Unix user names.
+USERNAME_PREFIX = "hyhome_"
+_CONSONANTS = "bdfghjklmnprstvz"
+_VOWELS = "aeiou"
+
+# What a secret name says about its kind, for names the registry gives no ``kind``. First match
+# wins; the pattern is searched in the lower-cased name with ``-`` and ``.`` read as ``_``.
+# ``provided`` rules come first so ``smtp_user`` is the relay's account, not a generated name.
+# Internal secrets (database, cache and admin passwords, JWT and session secrets) match nothing
+# and get the default kind.
+_OUTSIDE_SERVICES = (
+    "github|gitlab|bitbucket|gitea|google|gcp|microsoft|azure|entra|apple|facebook|twitter|linkedin|okta|"
+    "auth0|slack|discord|telegram|pagerduty|opsgenie|cloudflare|aws|openai|sendgrid|mailgun|twilio|stripe|"
+    "sentry|hetzner|digitalocean"
+)
+NAME_KIND_RULES: tuple[tuple[str, str, str], ...] = (
+    # (pattern, kind, what the name signals: shown in notes and in the "supply it" warning)
+    (r"webhook", "provided",
+     "a webhook URL issued by the receiving service: Slack, Discord, Teams, ..."),
+    (r"(^|_)smtp(_|$)", "provided",
+     "a credential of the outside SMTP relay: its account name or password"),
+    (r"(^|_)(oauth2?|oidc|openid)_(.+_)?(client_secret|client_id|secret)$", "provided",
+     "an OAuth/OIDC client credential issued by the identity provider"),
+    (rf"(^|_)({_OUTSIDE_SERVICES})_(.+_)?(client_secret|client_id|api_?key|api_?token|token|secret|"
+     r"secret_access_key|access_key_id)$", "provided",
+     "a credential issued by the outside service"),
+    (r"._api_?key$", "provided",
+     "an API key issued by the outside service it names"),
+    (r"(_user|_username|_login)$", "username",
+     "an account name (readable, not random characters)"),
+)
+
+# A secret name is a file name in the controller store and a key in results: one path component.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+NAME_MAX = 200
+
 HISTORY_DIR = ".history"
 PLACEHOLDER_PREFIX = b"hyhome-placeholder:"
 FILE_MODE_SINGLE = 0o400
@@ -97,8 +138,9 @@ class Reader:
 
     service: str
     uid: int
-    gid: int | None     # None when ``user:`` gave no group
+    gid: int | None     # None when nothing gave a group
     groups: tuple[int, ...] = ()   # numeric ``group_add`` entries
+    source: str = field(default="", compare=False)   # identity.SOURCES: where uid:gid came from
 
 
 @dataclass(frozen=True)
@@ -124,6 +166,7 @@ class SecretSpec:
     public_key: bool = True
     public_format: str = "pem"
     hint: str | None = None
+    inferred: str | None = None     # what the name signals, when the kind was inferred from it
 
     @property
     def public_path(self) -> str | None:
@@ -178,11 +221,36 @@ def resolve_charset(name: str, value) -> str:
     return "".join(sorted(chars))
 
 
-def _spec_from(name: str, path: str, relpath: str, origin: str, entry: dict, default_kind: str,
-               consumers: tuple[str, ...], persistent_default: bool = True) -> SecretSpec:
-    kind = str(entry.get("kind") or default_kind)
-    if kind not in KINDS:
-        raise HyHomeError(f"secret {name}: unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
+def validate_name(name, where: str) -> str:
+    """A secret name from a project or a registry, checked before it names any file.
+
+    Names become file names in the controller store and history keys, so they must be one plain
+    path component: letters, digits, ``.``, ``_`` and ``-``, starting with a letter or digit (the
+    rule Compose applies to its own resource names), never ``..``."""
+    text = name if isinstance(name, str) else ""
+    if (not NAME_PATTERN.fullmatch(text) or ".." in text or len(text) > NAME_MAX):
+        raise HyHomeError(f"secret name {name!r} ({where}) is not allowed: a secret name is used as a file name, "
+                          f"so it must be 1-{NAME_MAX} letters, digits, '.', '_' or '-', start with a letter or "
+                          "digit, and contain no '/' and no '..'; rename the secret")
+    return text
+
+
+def infer_kind(name: str) -> tuple[str, str] | None:
+    """``(kind, why)`` that a secret's name signals (see NAME_KIND_RULES), or None.
+
+    Only for names the registry gives no ``kind``: ``slack_webhook`` is ``provided`` (a random
+    value would look valid and break at runtime), ``postgres_user`` a readable ``username``,
+    ``postgres_password`` nothing (the default kind)."""
+    key = re.sub(r"[-.]", "_", name.lower())
+    for pattern, kind, why in NAME_KIND_RULES:
+        if re.search(pattern, key):
+            return kind, why
+    return None
+
+
+def _length_settings(name: str, kind: str, entry: dict) -> dict:
+    """``length`` (password, hex, base64, token) with its floor; ``charset`` (password) with the
+    entropy floor."""
     kw: dict = {}
     if kind in DEFAULT_LENGTH:
         length = _as_int(name, "length", entry["length"]) if entry.get("length") is not None else DEFAULT_LENGTH[kind]
@@ -201,6 +269,12 @@ def _spec_from(name: str, path: str, relpath: str, origin: str, entry: dict, def
         kw["charset"] = charset
     elif entry.get("charset") is not None:
         raise HyHomeError(f"secret {name}: charset applies to kind password only, not {kind}")
+    return kw
+
+
+def _key_settings(name: str, kind: str, entry: dict) -> dict:
+    """RSA ``size`` with its floor; ``public_key`` and ``public_format`` of rsa and ed25519 keys."""
+    kw: dict = {}
     if kind == "rsa":
         size = _as_int(name, "size", entry["size"]) if entry.get("size") is not None else DEFAULT_RSA_SIZE
         if size < MIN_RSA_SIZE:
@@ -212,24 +286,39 @@ def _spec_from(name: str, path: str, relpath: str, origin: str, entry: dict, def
         if fmt not in ("pem", "openssh"):
             raise HyHomeError(f"secret {name}: public_format must be pem or openssh, not {fmt!r}")
         kw["public_format"] = fmt
+    return kw
+
+
+def _htpasswd_settings(name: str, entry: dict) -> dict:
+    """``source``, ``scheme``, ``username`` and ``rounds`` of an htpasswd line."""
+    source = entry.get("source")
+    if not source:
+        raise HyHomeError(f"secret {name}: kind htpasswd needs 'source', the secret holding the password")
+    scheme = str(entry.get("scheme") or "bcrypt")
+    if scheme not in HTPASSWD_SCHEMES:
+        raise HyHomeError(f"secret {name}: unknown htpasswd scheme {scheme!r}; choose one of "
+                          f"{', '.join(HTPASSWD_SCHEMES)}")
+    username = str(entry.get("username") or "admin")
+    if not username or ":" in username or any(c.isspace() for c in username):
+        raise HyHomeError(f"secret {name}: htpasswd username {username!r} must be non-empty, without ':' or spaces")
+    rounds = entry.get("rounds")
+    if rounds is not None:
+        rounds = _as_int(name, "rounds", rounds)
+        if scheme in MIN_ROUNDS and rounds < MIN_ROUNDS[scheme]:
+            raise HyHomeError(f"secret {name}: {scheme} rounds {rounds} is below the floor of {MIN_ROUNDS[scheme]}")
+    return {"source": validate_name(source, f"source of {name}"), "scheme": scheme, "username": username,
+            "rounds": rounds if rounds is not None else DEFAULT_ROUNDS.get(scheme)}
+
+
+def _spec_from(name: str, path: str, relpath: str, origin: str, entry: dict, default_kind: str,
+               consumers: tuple[str, ...], persistent_default: bool = True) -> SecretSpec:
+    inferred = None if entry.get("kind") else infer_kind(name)
+    kind = str(entry.get("kind") or (inferred[0] if inferred else default_kind))
+    if kind not in KINDS:
+        raise HyHomeError(f"secret {name}: unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
+    kw = {**_length_settings(name, kind, entry), **_key_settings(name, kind, entry)}
     if kind == "htpasswd":
-        source = entry.get("source")
-        if not source:
-            raise HyHomeError(f"secret {name}: kind htpasswd needs 'source', the secret holding the password")
-        scheme = str(entry.get("scheme") or "bcrypt")
-        if scheme not in HTPASSWD_SCHEMES:
-            raise HyHomeError(f"secret {name}: unknown htpasswd scheme {scheme!r}; choose one of "
-                              f"{', '.join(HTPASSWD_SCHEMES)}")
-        username = str(entry.get("username") or "admin")
-        if not username or ":" in username or any(c.isspace() for c in username):
-            raise HyHomeError(f"secret {name}: htpasswd username {username!r} must be non-empty, without ':' or spaces")
-        rounds = entry.get("rounds")
-        if rounds is not None:
-            rounds = _as_int(name, "rounds", rounds)
-            if scheme in MIN_ROUNDS and rounds < MIN_ROUNDS[scheme]:
-                raise HyHomeError(f"secret {name}: {scheme} rounds {rounds} is below the floor of {MIN_ROUNDS[scheme]}")
-        kw.update(source=str(source), scheme=scheme, username=username,
-                  rounds=rounds if rounds is not None else DEFAULT_ROUNDS.get(scheme))
+        kw.update(_htpasswd_settings(name, entry))
     if entry.get("optional") and kind != "provided":
         raise HyHomeError(f"secret {name}: optional applies to kind provided only (generated secrets always exist)")
     if entry.get("consumers") is not None:
@@ -242,74 +331,62 @@ def _spec_from(name: str, path: str, relpath: str, origin: str, entry: dict, def
         owner=entry.get("owner"), group=entry.get("group"), mode=parse_mode(name, entry.get("mode")),
         consumers=tuple(sorted(set(consumers))),
         persistent=bool(entry.get("persistent", persistent_default and kind != "provided")),
-        optional=bool(entry.get("optional", False)), hint=entry.get("hint") or entry.get("description"),
+        # An inferred provided secret was declared by nobody: a placeholder and a warning on every
+        # run rather than a failed run. A registry `kind: provided` stops the run unless optional.
+        optional=bool(entry.get("optional", kind == "provided" and inferred is not None)),
+        hint=entry.get("hint") or entry.get("description") or (inferred[1] if inferred else None),
+        inferred=inferred[1] if inferred else None,
         **kw,
     )
 
 
-def build_specs(project, registry: dict | None, secrets_dir: str, default_kind: str = "password",
-                persistent_default: bool = True, exclude=()) -> list[SecretSpec]:
-    """The secrets to manage: compose file-based secrets merged with the registry (pure, no I/O
-    beyond path checks). Registry-only entries are managed when they have a ``file``.
-
-    ``persistent`` (per entry, else ``persistent_default``): the current value is recorded in the
-    history so a deleted file is restored instead of silently replaced by a different value.
-    ``exclude``: glob patterns (relative to the secrets dir) of files another job owns, such as the
-    TLS role's ``certs/*``; matching compose secrets are left alone."""
-    registry = dict(registry or {})
-    if default_kind not in (*GENERATED_KINDS, "provided"):
-        raise HyHomeError(f"default kind {default_kind!r} is not one of {', '.join(GENERATED_KINDS)}, provided")
-    root = os.path.abspath(secrets_dir)
-    for name, entry in registry.items():
+def _checked_registry(registry: dict | None) -> dict:
+    """The registry with every name checked, every entry a mapping with known keys only."""
+    out = {}
+    for name, entry in (registry or {}).items():
+        validate_name(name, "secrets registry")
         if entry is None:
-            registry[name] = {}
+            entry = {}
         elif not isinstance(entry, dict):
             raise HyHomeError(f"secrets registry entry {name!r} must be a mapping, got {type(entry).__name__}")
-        unknown = set(registry[name]) - REGISTRY_KEYS
+        unknown = set(entry) - REGISTRY_KEYS
         if unknown:
             raise HyHomeError(f"secrets registry entry {name!r}: unknown key(s) {', '.join(sorted(unknown))}; "
                               f"allowed: {', '.join(sorted(REGISTRY_KEYS))}")
+        out[name] = entry
+    return out
 
+
+def _compose_declared(project) -> tuple[dict[str, str], dict[str, set[str]]]:
+    """Compose's file-based secrets (name -> host file) and who reads each (name -> services)."""
+    files: dict[str, str] = {}
     consumers: dict[str, set[str]] = {}
-    compose_files: dict[str, str] = {}
-    if project is not None:
-        for svc in project.services.values():
-            for ref in svc.secrets:
-                consumers.setdefault(ref.source, set()).add(svc.name)
-        for name, sec in project.secrets.items():
-            if sec.file and not sec.external and not sec.environment:
-                compose_files[name] = sec.file
+    if project is None:
+        return files, consumers
+    for svc in project.services.values():
+        for ref in svc.secrets:
+            consumers.setdefault(ref.source, set()).add(svc.name)
+    for name, sec in project.secrets.items():
+        if sec.file and not sec.external and not sec.environment:
+            files[validate_name(name, "compose secrets:")] = sec.file
+    return files, consumers
 
-    def place(name: str, file: str, what: str) -> tuple[str, str]:
-        candidate = file if os.path.isabs(file) else os.path.join(root, file)
-        path = ensure_within(root, candidate, f"secret {name} ({what})")
-        if path == os.path.normpath(root):
-            raise HyHomeError(f"secret {name}: its file is the secrets directory itself")
-        rel = os.path.relpath(path, root)
-        if rel.split(os.sep)[0] == HISTORY_DIR:
-            raise HyHomeError(f"secret {name}: {path} is inside the rotation history folder")
-        return path, rel
 
-    specs: list[SecretSpec] = []
-    for name, file in sorted(compose_files.items()):
-        entry = registry.get(name, {})
-        path, rel = place(name, file, "compose file:")
-        if is_excluded(rel, exclude):
-            continue
-        if entry.get("file"):
-            other, _ = place(name, str(entry["file"]), "registry file")
-            if other != path:
-                raise HyHomeError(f"secret {name}: the registry says file {entry['file']} but compose declares {file}; "
-                                  "compose is authoritative, drop 'file' from the registry entry")
-        specs.append(_spec_from(name, path, rel, "compose", entry, default_kind,
-                                tuple(consumers.get(name, ())), persistent_default))
-    for name, entry in sorted(registry.items()):
-        if name in compose_files or not entry.get("file"):
-            continue
-        path, rel = place(name, str(entry["file"]), "registry file")
-        specs.append(_spec_from(name, path, rel, "registry", entry, default_kind,
-                                tuple(consumers.get(name, ())), persistent_default))
+def _place(root: str, name: str, file: str, what: str) -> tuple[str, str]:
+    """(absolute path, path relative to the secrets tree) of a secret file; refuses anything outside
+    the tree, the tree itself and the history folder."""
+    candidate = file if os.path.isabs(file) else os.path.join(root, file)
+    path = ensure_within(root, candidate, f"secret {name} ({what})")
+    if path == os.path.normpath(root):
+        raise HyHomeError(f"secret {name}: its file is the secrets directory itself")
+    rel = os.path.relpath(path, root)
+    if rel.split(os.sep)[0] == HISTORY_DIR:
+        raise HyHomeError(f"secret {name}: {path} is inside the rotation history folder")
+    return path, rel
 
+
+def _check_consistent(specs: list[SecretSpec]) -> None:
+    """No two secrets share a file; every htpasswd line derives from a declared password-like secret."""
     seen: dict[str, str] = {}
     for spec in specs:
         for p in (spec.path, spec.public_path):
@@ -320,14 +397,51 @@ def build_specs(project, registry: dict | None, secrets_dir: str, default_kind: 
             seen[p] = spec.name
     by_name = {s.name: s for s in specs}
     for spec in specs:
-        if spec.kind == "htpasswd":
-            src = by_name.get(spec.source)
-            if src is None:
-                raise HyHomeError(f"secret {spec.name}: its source secret {spec.source!r} is not declared in compose "
-                                  "nor in the registry with a file; declare it so the password exists")
-            if src.kind in ("htpasswd", "rsa", "ed25519"):
-                raise HyHomeError(f"secret {spec.name}: source {spec.source} is of kind {src.kind}; "
-                                  "an htpasswd line derives from a password-like secret")
+        if spec.kind != "htpasswd":
+            continue
+        src = by_name.get(spec.source)
+        if src is None:
+            raise HyHomeError(f"secret {spec.name}: its source secret {spec.source!r} is not declared in compose "
+                              "nor in the registry with a file; declare it so the password exists")
+        if src.kind in ("htpasswd", "rsa", "ed25519"):
+            raise HyHomeError(f"secret {spec.name}: source {spec.source} is of kind {src.kind}; "
+                              "an htpasswd line derives from a password-like secret")
+
+
+def build_specs(project, registry: dict | None, secrets_dir: str, default_kind: str = "password",
+                persistent_default: bool = True, exclude=()) -> list[SecretSpec]:
+    """The secrets to manage: compose file-based secrets merged with the registry (pure, no I/O
+    beyond path checks). Registry-only entries are managed when they have a ``file``.
+
+    Without a registry ``kind``, the name may say it (:func:`infer_kind`), else ``default_kind``.
+    ``persistent`` (per entry, else ``persistent_default``): the current value is recorded in the
+    history so a deleted file is restored instead of silently replaced by a different value.
+    ``exclude``: glob patterns (relative to the secrets dir) of files another job owns, such as the
+    TLS role's ``certs/*``; matching compose secrets are left alone."""
+    if default_kind not in (*GENERATED_KINDS, "provided"):
+        raise HyHomeError(f"default kind {default_kind!r} is not one of {', '.join(GENERATED_KINDS)}, provided")
+    registry = _checked_registry(registry)
+    root = os.path.abspath(secrets_dir)
+    compose_files, consumers = _compose_declared(project)
+
+    specs: list[SecretSpec] = []
+    for name, file in sorted(compose_files.items()):
+        entry = registry.get(name, {})
+        path, rel = _place(root, name, file, "compose file:")
+        if is_excluded(rel, exclude):
+            continue
+        if entry.get("file") and _place(root, name, str(entry["file"]), "registry file")[0] != path:
+            raise HyHomeError(f"secret {name}: the registry says file {entry['file']} but compose declares {file}; "
+                              "compose is authoritative, drop 'file' from the registry entry")
+        specs.append(_spec_from(name, path, rel, "compose", entry, default_kind,
+                                tuple(consumers.get(name, ())), persistent_default))
+    for name, entry in sorted(registry.items()):
+        if name in compose_files or not entry.get("file"):
+            continue
+        path, rel = _place(root, name, str(entry["file"]), "registry file")
+        specs.append(_spec_from(name, path, rel, "registry", entry, default_kind,
+                                tuple(consumers.get(name, ())), persistent_default))
+    _check_consistent(specs)
     return specs
 
 
@@ -362,31 +476,25 @@ def unused_registry_entries(specs: list[SecretSpec], registry: dict | None) -> l
 # Who may read: owner / group / mode from the consumers
 # --------------------------------------------------------------------------------------------
 
-def parse_user(service: str, user: str | None, default_uid: int) -> Reader:
-    """``user:`` of a service -> its numeric identity. Names other than root only exist in the
-    image, so they cannot be resolved on the host: the registry must give the owner then."""
-    if user is None or str(user).strip() == "":
-        return Reader(service, default_uid, None)
-    text = str(user).strip()
-    u, _, g = text.partition(":")
-
-    def num(part: str, what: str) -> int:
-        if part == "root":
-            return 0
-        if part.isdigit():
-            return int(part)
-        raise HyHomeError(f"service {service} runs as {what} {part!r} (user: {text}), a name only its image knows; "
-                          f"use a numeric user: in compose or set owner/group in the secrets registry")
-
-    return Reader(service, num(u, "user"), num(g, "group") if g else None)
-
-
 @dataclass(frozen=True)
 class Access:
     uid: int
     gid: int
     mode: int
     note: str | None = None
+
+
+def _common_group(readers: list[Reader]) -> int | None:
+    """A gid every reader has, as its primary group or through ``group_add``; primary groups
+    first, and a non-root group before gid 0 (which other root-group processes also hold)."""
+    shared = None
+    for r in readers:
+        have = set(r.groups) | ({r.gid} if r.gid is not None else set())
+        shared = have if shared is None else shared & have
+    if not shared:
+        return None
+    primaries = [r.gid for r in readers if r.gid in shared]
+    return min(shared, key=lambda g: (g == 0, g not in primaries, g))
 
 
 def resolve_access(spec: SecretSpec, readers: list[Reader], default_uid: int, default_gid: int,
@@ -409,8 +517,7 @@ def resolve_access(spec: SecretSpec, readers: list[Reader], default_uid: int, de
     if not readers:
         return Access(default_uid, default_gid, spec.mode if spec.mode is not None else FILE_MODE_SINGLE, None)
     uids = sorted({r.uid for r in readers})
-    gids = {r.gid for r in readers}
-    common_gid = next(iter(gids)) if len(gids) == 1 and None not in gids else None
+    common_gid = _common_group(readers)
     if len(uids) == 1:
         gid = common_gid if common_gid is not None else default_gid
         mode = spec.mode if spec.mode is not None else FILE_MODE_SINGLE
@@ -432,38 +539,65 @@ def resolve_access(spec: SecretSpec, readers: list[Reader], default_uid: int, de
     return Access(uid, gid, mode, note)
 
 
-def readers_for(spec: SecretSpec, project, default_uid: int) -> list[Reader]:
+class _NoEngine:
+    """Image lookups for a plan given no resolver: every image counts as absent, so identities come
+    from ``user:``, overrides and the built-in table only (pure, no engine)."""
+
+    def config_user(self, image):
+        raise ImageMissing(image)
+
+    def accounts(self, image):
+        raise ImageMissing(image)
+
+
+def offline_resolver(overrides: dict | None = None, image_users: dict | None = None) -> IdentityResolver:
+    """An identity resolver that never asks an engine (``user:``, overrides and tables only)."""
+    return IdentityResolver(overrides=overrides, image_users=image_users, images=_NoEngine())
+
+
+def readers_for(spec: SecretSpec, project, identities, default: tuple[int, int] | None = None) -> list[Reader]:
+    """The consumers of ``spec`` with the uid:gid each runs as (``identities``: an
+    IdentityResolver). ``default`` replaces an identity nothing resolved. Sorted by service name,
+    unresolved ones last, so a reader whose user is known owns a shared file."""
     out = []
     services = project.services if project is not None else {}
     for name in spec.consumers:
         svc = services.get(name)
-        if svc is None and project is not None:
-            raise HyHomeError(f"secret {spec.name}: consumer {name!r} is not a service of the compose project")
-        reader = parse_user(name, svc.user if svc is not None else None, default_uid)
-        if svc is not None:
-            reader = dataclasses.replace(reader, groups=tuple(int(g) for g in svc.group_add if str(g).isdigit()))
-        out.append(reader)
-    return sorted(out, key=lambda r: r.service)
+        if svc is None:
+            if project is not None:
+                raise HyHomeError(f"secret {spec.name}: consumer {name!r} is not a service of the compose project")
+            continue   # no project: the registry's consumers are names only
+        ident = identities.service(svc)
+        uid, gid = default if default is not None and ident.source == "unresolved" else (ident.uid, ident.gid)
+        out.append(Reader(name, uid, gid, ident.groups, ident.source))
+    return sorted(out, key=lambda r: (r.source == "unresolved", r.service))
 
 
 def data_held_by_consumers(spec: SecretSpec, project) -> list[str]:
-    """The writable bind-mounted directories of ``spec``'s consumers that already hold data
-    ("service:path"), i.e. where a value generated anew would not match what the data was made with."""
+    """The data directories of ``spec``'s consumers that already hold files ("service:path"),
+    i.e. where a value generated anew would not match what the data was made with.
+
+    Only real data counts (``mounts.classify`` == "data": writable, not tracked by git, not a file
+    nor declared config): the dashboards or provisioning a fresh clone ships are not data."""
     if project is None:
         return []
     held = []
     for name in spec.consumers:
         svc = project.services.get(name)
         for m in svc.mounts if svc is not None else ():
-            if m.read_only or not m.host_path or not os.path.isdir(m.host_path):
-                continue
-            try:
-                with os.scandir(m.host_path) as it:
-                    if next(it, None) is not None:
-                        held.append(f"{name}:{m.host_path}")
-            except OSError:
-                continue
+            if (m.host_path and os.path.isdir(m.host_path) and classify(project, svc, m) == "data"
+                    and _holds_files(m.host_path)):
+                held.append(f"{name}:{m.host_path}")
     return sorted(set(held))
+
+
+def _holds_files(path: str) -> bool:
+    """Anything in the directory but the placeholders a repository keeps empty directories with."""
+    try:
+        with os.scandir(path) as it:
+            return any(e.name not in PLACEHOLDER_NAMES for e in it)
+    except OSError:
+        return False
 
 
 # --------------------------------------------------------------------------------------------
@@ -491,6 +625,8 @@ def generate_value(spec: SecretSpec) -> bytes:
         return base64.urlsafe_b64encode(_token_bytes(spec.length)).rstrip(b"=")
     if kind == "uuid":
         return str(uuid.UUID(bytes=_token_bytes(16), version=4)).encode()
+    if kind == "username":
+        return readable_username().encode()
     if kind == "fernet":
         # Exactly what cryptography's Fernet.generate_key() returns: 32 random bytes, urlsafe base64.
         return base64.urlsafe_b64encode(_token_bytes(32))
@@ -504,6 +640,14 @@ def generate_value(spec: SecretSpec) -> bytes:
         return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                  serialization.NoEncryption())
     raise HyHomeError(f"secret {spec.name}: kind {kind} is not generated")
+
+
+def readable_username() -> str:
+    """``hyhome_`` + three random consonant-vowel syllables + two digits (``hyhome_bakoti42``):
+    readable in logs and configs, valid wherever an account name is (not a secret, so no entropy
+    floor; still drawn from the CSPRNG)."""
+    word = "".join(_rng.choice(_CONSONANTS) + _rng.choice(_VOWELS) for _ in range(3))
+    return f"{USERNAME_PREFIX}{word}{_rng.choice(string.digits)}{_rng.choice(string.digits)}"
 
 
 def public_key_bytes(private_pem: bytes, fmt: str = "pem") -> bytes | None:
@@ -739,6 +883,7 @@ class Item:
     remove_empty_dir: bool = False
     final_value: bytes | None = None     # value after apply (for derivations; never reported)
     same_as_in_use: bool = False         # rewritten with the value the consumers already use
+    readers: list[Reader] = field(default_factory=list)   # consumers and the uid:gid each runs as
 
     def keep(self, stamp: str, why: str, value: bytes) -> None:
         """Queue a history record; names sort in the order they were queued."""
@@ -747,6 +892,11 @@ class Item:
     @property
     def changed(self) -> bool:
         return self.action != "ok" or self.permissions or self.public is not None or bool(self.history)
+
+    @property
+    def pending(self) -> bool:
+        """A provided secret that holds (or will hold) its placeholder: a person must supply it."""
+        return self.spec.kind == "provided" and is_placeholder(self.final_value)
 
     @property
     def content_changed(self) -> bool:
@@ -759,6 +909,11 @@ class Item:
             "owner": self.access.uid, "group": self.access.gid, "mode": f"{self.access.mode:04o}",
             "consumers": list(self.spec.consumers), "permissions_fixed": self.permissions,
         }
+        if self.readers:
+            out["readers"] = [{"service": r.service, "uid": r.uid, "gid": r.gid, "source": r.source}
+                              for r in self.readers]
+        if self.spec.inferred:
+            out["kind_inferred"] = self.spec.inferred
         if self.public is not None:
             out["public_key"] = self.spec.public_path
         if self.history:
@@ -792,6 +947,12 @@ class Plan:
 
     def results(self) -> list[dict]:
         return [i.report() for i in self.items]
+
+    def provided_pending(self) -> list[dict]:
+        """Provided secrets still holding a placeholder: what a person must supply, and where."""
+        return [{"name": i.spec.name, "path": i.spec.path, "consumers": list(i.spec.consumers),
+                 "hint": i.spec.hint or "", "inferred": bool(i.spec.inferred)}
+                for i in self.items if i.pending]
 
     def diff(self) -> dict:
         """Names and actions only, never values."""
@@ -834,6 +995,21 @@ def missing_provided(specs: list[SecretSpec], seed=None, currents=None) -> list[
     return out
 
 
+def pending_provided(specs: list[SecretSpec], seed=None) -> list[SecretSpec]:
+    """Provided secrets without a real value yet (no file, an empty one, or a placeholder) that
+    ``seed`` does not fill: a person must supply them (read-only, for preflight;
+    :func:`pending_message` says what to do)."""
+    seed = seed or {}
+    out = []
+    for s in specs:
+        if s.kind != "provided" or seed.get(s.name):
+            continue
+        cur = read_current(s.name, s.path)
+        if not cur.exists or is_placeholder(cur.value):
+            out.append(s)
+    return out
+
+
 def describe_missing(specs: list[SecretSpec]) -> list[str]:
     """One line per missing provided secret: name, hint, the file to put it in, who reads it."""
     lines = []
@@ -849,20 +1025,78 @@ def _stamp(now: datetime.datetime | None = None) -> str:
     return now.strftime("%Y%m%dT%H%M%S.%fZ")
 
 
+def pending_message(spec: SecretSpec) -> str:
+    """The warning for a provided secret that still holds its placeholder: what a person must
+    supply, where to write it and which services fail until then."""
+    readers = f" ({', '.join(spec.consumers)} fail until then)" if spec.consumers else ""
+    msg = (f"{spec.name} holds a placeholder, not a working value. A person must supply it "
+           f"({spec.hint or 'the real value'}) and write it to {spec.path}{readers}.")
+    if spec.inferred:
+        msg += (" The kind provided was inferred from the name; if the stack can generate the value, give it a "
+                "kind in the secrets registry.")
+    return msg
+
+
+@dataclass
+class _Run:
+    """The inputs every decision of one :func:`plan` reads."""
+
+    secrets_dir: str
+    project: object
+    identities: object                  # an IdentityResolver
+    seed: dict
+    rotate: frozenset
+    restore: frozenset
+    default_uid: int
+    default_gid: int
+    shared_gid: int | None
+    stamp: str = field(default_factory=_stamp)
+
+    def seeded(self, name: str) -> bytes | None:
+        """The controller store's value of ``name``, if it holds one."""
+        value = self.seed.get(name)
+        return _seed_bytes(value) if value else None
+
+    def history(self, spec: SecretSpec) -> list[str]:
+        return history_entries(self.secrets_dir, spec.relpath)
+
+
 def plan(specs: list[SecretSpec], secrets_dir: str, project=None, *, rotate=(), restore=(), seed=None,
-         default_owner=0, default_group=0, shared_group=None, manage_dir_modes: bool = True) -> Plan:
+         default_owner=0, default_group=0, shared_group=None, manage_dir_modes: bool = True,
+         identities=None) -> Plan:
     """Decide everything (reading only). Raises HyHomeError for any bad input, listing every
-    missing provided secret at once."""
+    missing provided secret at once.
+
+    ``identities`` answers which uid:gid each consumer runs as (an IdentityResolver; default: one
+    that never asks an engine). ``default_owner``/``default_group`` own secrets nobody reads and
+    stand in for consumers whose identity nothing resolves."""
     secrets_dir = os.path.abspath(secrets_dir)
     refuse_dangerous(secrets_dir, "secrets directory")
-    seed = dict(seed or {})
-    default_uid, default_gid = resolve_owner(default_owner, default_group)
-    default_uid = 0 if default_uid == -1 else default_uid
-    default_gid = 0 if default_gid == -1 else default_gid
+    default_uid, default_gid = (0 if v == -1 else v for v in resolve_owner(default_owner, default_group))
     shared_gid = resolve_owner(None, shared_group)[1] if shared_group not in (None, "") else None
-    by_name = {s.name: s for s in specs}
-    rotate, restore = list(rotate or []), list(restore or [])
+    identities = identities if identities is not None else offline_resolver()
+    known_warnings = len(identities.warnings)
+    run = _Run(secrets_dir, project, identities, dict(seed or {}), frozenset(rotate or ()), frozenset(restore or ()),
+               default_uid, default_gid, shared_gid)
+    _check_requests(specs, list(rotate or ()), list(restore or ()))
+    # Read every file first: symlinks, directories and other bad paths fail before any write.
+    currents = {s.name: read_current(s.name, s.path) for s in specs}
+    _refuse_missing_provided(specs, run.seed, currents)
+    _refuse_lost_persistent(specs, currents, run)
 
+    items: dict[str, Item] = {}
+    # Sources before derived secrets, so a derived value follows a source generated in this run.
+    for s in sorted(specs, key=lambda s: (s.kind == "htpasswd", s.name)):
+        items[s.name] = _decide(s, currents[s.name], items, run)
+    ordered = [items[s.name] for s in specs]
+    create, restrict = _plan_dirs(specs, ordered, secrets_dir, manage_dir_modes)
+    warnings = [w for i in ordered for w in i.warnings] + identities.warnings[known_warnings:]
+    return Plan(secrets_dir, ordered, create, restrict, _stale_temps(specs, secrets_dir), warnings)
+
+
+def _check_requests(specs: list[SecretSpec], rotate: list[str], restore: list[str]) -> None:
+    """Rotate and restore name managed secrets that can be rotated or restored, not both at once."""
+    by_name = {s.name: s for s in specs}
     errors = []
     for what, names in (("rotate", rotate), ("restore", restore)):
         for n in names:
@@ -879,8 +1113,9 @@ def plan(specs: list[SecretSpec], secrets_dir: str, project=None, *, rotate=(), 
     if errors:
         raise HyHomeError("; ".join(errors))
 
-    # Read every file first: symlinks, directories and other bad paths fail before any write.
-    currents = {s.name: read_current(s.name, s.path) for s in specs}
+
+def _refuse_missing_provided(specs: list[SecretSpec], seed: dict, currents: dict) -> None:
+    """Provided secrets that are required and have no value stop the run before any write."""
     missing = missing_provided(specs, seed, currents)
     if missing:
         raise HyHomeError(
@@ -889,168 +1124,223 @@ def plan(specs: list[SecretSpec], secrets_dir: str, project=None, *, rotate=(), 
             + "\nWrite each value to its file (one line, no trailing newline needed), or mark the secret "
               "optional: true in the secrets registry to get a placeholder.")
 
-    # A persistent secret that is gone with nothing to restore it from, while its consumers already
-    # hold data made with the old value: refuse rather than lock them out with a new value.
+
+def _lost_for_good(s: SecretSpec, cur: Current, run: _Run) -> bool:
+    """A persistent generated secret that is gone with nothing to bring it back (no controller store
+    value, no history) and that nobody asked to rotate."""
+    return (s.persistent and s.kind != "provided" and not cur.exists and run.seeded(s.name) is None
+            and s.name not in run.rotate and latest_current(run.history(s)) is None)
+
+
+def _refuse_lost_persistent(specs: list[SecretSpec], currents: dict, run: _Run) -> None:
+    """A lost persistent secret whose consumers already hold data made with the old value is refused
+    rather than replaced by a new value that would lock them out."""
     refused = []
     for s in specs:
-        cur = currents[s.name]
-        if (s.persistent and s.kind != "provided" and not cur.exists
-                and not seed.get(s.name) and s.name not in rotate
-                and latest_current(history_entries(secrets_dir, s.relpath)) is None):
-            holders = data_held_by_consumers(s, project)
-            if holders:
-                refused.append(
-                    f"{s.name} is missing and has no history to restore it from, but its consumers already hold "
-                    f"data keyed to the old value ({', '.join(holders)}); a new value would lock them out. "
-                    f"Put the old value back in {s.path} (backup or controller store), or, to start that "
-                    f"data afresh on purpose, empty the directories listed")
+        if not _lost_for_good(s, currents[s.name], run):
+            continue
+        holders = data_held_by_consumers(s, run.project)
+        if holders:
+            refused.append(
+                f"{s.name} is missing and has no history to restore it from, but its consumers already hold "
+                f"data keyed to the old value ({', '.join(holders)}); a new value would lock them out. "
+                f"Put the old value back in {s.path} (backup or controller store), or, to start that "
+                f"data afresh on purpose, empty the directories listed")
     if refused:
         raise HyHomeError("refusing to generate a different value for a persistent secret, nothing was changed:\n"
                           + "\n".join(f"  - {r}" for r in refused))
 
-    items: dict[str, Item] = {}
-    stamp = _stamp()
-    # Sources before derived secrets, so a derived value follows a source generated in this run.
-    order = sorted(specs, key=lambda s: (s.kind == "htpasswd", s.name))
-    for s in order:
-        cur = currents[s.name]
-        readers = readers_for(s, project, default_uid)
-        access = resolve_access(s, readers, default_uid, default_gid, shared_gid)
-        item = Item(s, "ok", access, remove_empty_dir=cur.empty_dir)
-        hist = history_entries(secrets_dir, s.relpath)
 
-        if s.kind == "htpasswd":
-            src = items[s.source]
-            src_value = src.final_value
-            if not src_value or is_placeholder(src_value):
-                raise HyHomeError(f"secret {s.name}: its source {s.source} has no value ({src.action}); "
-                                  f"put one in {src.spec.path}")
-            base, origin = (cur.value, None) if cur.exists else (None, None)
-            if base is None and seed.get(s.name):
-                base, origin = _seed_bytes(seed[s.name]), "the controller store"
-            elif base is None and s.persistent and latest_current(hist):
-                base, origin = _read(latest_current(hist)), "the history"
-            new = htpasswd_update(base, s.username, password_of(src_value), s.scheme, s.rounds)
-            if new is None and origin is not None:
-                # The stored line still matches its source: bring it back instead of re-salting.
-                item.value = base
-                item.action = "restored"
-                item.notes.append(f"was missing; restored from {origin} (still matches {s.source})")
-            elif new is not None:
-                item.value = new
-                item.action = "rederived" if cur.exists else "generated"
-                if cur.exists:
-                    item.keep(stamp, "rederived-out", cur.value)
-                    item.notes.append(f"{s.username}'s line no longer matched {s.source} (or its scheme changed)")
-                if s.persistent:
-                    item.keep(stamp, "current", new)
-            item.final_value = item.value if item.value is not None else cur.value
-        elif s.name in rotate:
-            item.value = generate_value(s)
-            if cur.exists:
-                item.action = "rotated"
-                item.keep(stamp, "rotated-out", cur.value)
-            else:
-                item.action = "generated"
-            if s.persistent:
-                item.keep(stamp, "current", item.value)
-        elif s.name in restore:
-            previous = None
-            for path in reversed(hist):
-                old = _read(path)
-                if old.strip() and old != cur.value:
-                    previous = (path, old)
-                    break
-            if previous is None:
-                raise HyHomeError(f"restore: {s.name} has no earlier value in its history "
-                                  f"({history_dir(secrets_dir, s.relpath)})")
-            item.value = previous[1]
-            item.action = "rolled-back"
-            item.notes.append(f"value restored from {os.path.basename(previous[0])}")
-            if cur.exists:
-                item.keep(stamp, "rolled-back-out", cur.value)
-            if s.persistent:
-                item.keep(stamp, "current", item.value)
-        elif cur.exists:
-            if s.kind == "provided" and is_placeholder(cur.value):
-                item.warnings.append(f"{s.name} is still a placeholder: put the real value in {s.path}")
-                item.notes.append("placeholder: the real value is still missing")
-            if seed.get(s.name) and _seed_bytes(seed[s.name]) != cur.value and not is_placeholder(cur.value):
-                item.warnings.append(f"{s.name}: the value on this host differs from the controller store; the "
-                                     "host's value was kept (never overwritten). Decide which is right and remove "
-                                     "the other.")
-            elif seed.get(s.name) and is_placeholder(cur.value):
-                item.value = _seed_bytes(seed[s.name])
-                item.action = "restored"
-                item.notes.append("placeholder replaced by the value from the controller store")
-            if s.persistent and s.kind != "provided" and item.value is None:
-                last = latest_current(hist)
-                if last is None or _read(last) != cur.value:
-                    item.keep(stamp, "current", cur.value)
-                    item.notes.append("persistent: the value in use was recorded in the history so a deleted file "
-                                      "is restored, not replaced")
-        else:
-            why = "was an empty directory (Docker creates one when a secret file is missing)" if cur.empty_dir \
-                else "was empty" if cur.empty_file else "was missing"
-            if seed.get(s.name):
-                item.value = _seed_bytes(seed[s.name])
-                item.action = "restored"
-                item.notes.append(f"{why}; value restored from the controller store")
-                last = latest_current(hist)
-                item.same_as_in_use = last is not None and _read(last) == item.value
-            elif s.persistent and latest_current(hist):
-                latest = latest_current(hist)
-                item.value = _read(latest)
-                item.action = "restored"
-                item.same_as_in_use = True   # "-current" records the value in use
-                msg = (f"{why}; it is persistent (its consumer holds data keyed to it), so the value was restored "
-                       f"from history {os.path.basename(latest)} instead of generating a different one")
-                item.notes.append(msg)
-                item.warnings.append(f"{s.name}: {msg}")
-            elif s.kind == "provided":
-                item.value = placeholder_value(s.name)
-                item.action = "placeholder-written"
-                item.warnings.append(f"{s.name} is optional and missing: it gets a placeholder at {s.path}; "
-                                     "put the real value there")
-            else:
-                item.value = generate_value(s)
-                item.action = "generated"
-                if hist:
-                    item.warnings.append(
-                        f"{s.name} {why} and was generated anew; earlier values are kept in "
-                        f"{history_dir(secrets_dir, s.relpath)} (mark it persistent: true to restore instead, or "
-                        f"run with restore: [{s.name}] to roll back)")
-                if s.persistent:
-                    item.keep(stamp, "current", item.value)
-            if cur.empty_dir:
-                item.notes.append(f"removed the empty directory Docker had created at {s.path}")
-        if item.final_value is None:
-            item.final_value = item.value if item.value is not None else cur.value
+def _decide(s: SecretSpec, cur: Current, items: dict, run: _Run) -> Item:
+    """What happens to one secret: its access, its content (exactly one of the cases below), then
+    its public key and owner/mode drift, which are fixed apart from the content."""
+    default = (run.default_uid, run.default_gid)
+    readers = readers_for(s, run.project, run.identities, default)
+    access = resolve_access(s, readers, run.default_uid, run.default_gid, run.shared_gid)
+    item = Item(s, "ok", access, remove_empty_dir=cur.empty_dir, readers=readers)
+    hist = run.history(s)
+    if s.kind == "htpasswd":
+        _derive_htpasswd(item, cur, hist, items[s.source], run)
+    elif s.name in run.rotate:
+        _rotate(item, cur, run)
+    elif s.name in run.restore:
+        _roll_back(item, cur, hist, run)
+    elif _usable(s, cur):
+        _keep_present(item, cur, hist, run)
+    else:
+        _fill_missing(item, cur, hist, run)
+    item.final_value = item.value if item.value is not None else cur.value
+    item.public = _public_key_to_write(s, item.final_value)
+    item.permissions = (item.value is None and cur.exists
+                        and (cur.uid, cur.gid, cur.mode) != (access.uid, access.gid, access.mode))
+    if item.pending:
+        item.warnings.append(pending_message(s))
+        if item.action == "ok":
+            item.notes.append("placeholder: the real value is still missing")
+    return item
 
-        # Public key alongside a private key.
-        if s.public_path and item.final_value is not None:
-            want = public_key_bytes(item.final_value, s.public_format)
-            if want is None:
-                raise HyHomeError(f"secret {s.name}: {s.path} does not hold a PEM private key")
-            pub_cur = read_current(s.name + ".pub", s.public_path)
-            if not pub_cur.exists or pub_cur.value != want:
-                item.public = want
 
-        # Owner/mode drift, separate from content.
-        if item.value is None and cur.exists and (cur.uid, cur.gid, cur.mode) != (access.uid, access.gid, access.mode):
-            item.permissions = True
-        items[s.name] = item
+def _usable(s: SecretSpec, cur: Current) -> bool:
+    """A value is on disk that stays. A placeholder stays only while the secret is provided: a
+    secret the registry now says is generated gets a real value in its place."""
+    return cur.exists and not (s.kind in GENERATED_KINDS and is_placeholder(cur.value))
 
-    # Directories: create missing, remove world access from existing (secrets dir + parents of files).
+
+def _why_missing(s: SecretSpec, cur: Current) -> str:
+    if cur.empty_dir:
+        return "was an empty directory (Docker creates one when a secret file is missing)"
+    if cur.empty_file:
+        return "was empty"
+    if cur.exists:
+        return f"held a placeholder (it is of kind {s.kind} now, no longer provided)"
+    return "was missing"
+
+
+def _derive_htpasswd(item: Item, cur: Current, hist: list[str], src: Item, run: _Run) -> None:
+    """The line ``username:hash`` of the source's value: kept while it verifies (no new salt), brought
+    back from the store or history when deleted, re-derived when the source changed."""
+    s = item.spec
+    if not src.final_value or is_placeholder(src.final_value):
+        raise HyHomeError(f"secret {s.name}: its source {s.source} has no value ({src.action}); "
+                          f"put one in {src.spec.path}")
+    base, origin = (cur.value, None) if cur.exists else (None, None)
+    if base is None and run.seeded(s.name) is not None:
+        base, origin = run.seeded(s.name), "the controller store"
+    elif base is None and s.persistent and latest_current(hist):
+        base, origin = _read(latest_current(hist)), "the history"
+    new = htpasswd_update(base, s.username, password_of(src.final_value), s.scheme, s.rounds)
+    if new is None and origin is not None:
+        # The stored line still matches its source: bring it back instead of re-salting.
+        item.value = base
+        item.action = "restored"
+        item.notes.append(f"was missing; restored from {origin} (still matches {s.source})")
+    elif new is not None:
+        item.value = new
+        item.action = "rederived" if cur.exists else "generated"
+        if cur.exists:
+            item.keep(run.stamp, "rederived-out", cur.value)
+            item.notes.append(f"{s.username}'s line no longer matched {s.source} (or its scheme changed)")
+        if s.persistent:
+            item.keep(run.stamp, "current", new)
+
+
+def _rotate(item: Item, cur: Current, run: _Run) -> None:
+    """A new value on request; the old one goes to the history first."""
+    item.value = generate_value(item.spec)
+    if cur.exists:
+        item.action = "rotated"
+        item.keep(run.stamp, "rotated-out", cur.value)
+    else:
+        item.action = "generated"
+    if item.spec.persistent:
+        item.keep(run.stamp, "current", item.value)
+
+
+def _roll_back(item: Item, cur: Current, hist: list[str], run: _Run) -> None:
+    """The newest value in the history that differs from the current one; the current one is kept."""
+    s = item.spec
+    previous = None
+    for path in reversed(hist):
+        old = _read(path)
+        if old.strip() and old != cur.value:
+            previous = (path, old)
+            break
+    if previous is None:
+        raise HyHomeError(f"restore: {s.name} has no earlier value in its history "
+                          f"({history_dir(run.secrets_dir, s.relpath)})")
+    item.value = previous[1]
+    item.action = "rolled-back"
+    item.notes.append(f"value restored from {os.path.basename(previous[0])}")
+    if cur.exists:
+        item.keep(run.stamp, "rolled-back-out", cur.value)
+    if s.persistent:
+        item.keep(run.stamp, "current", item.value)
+
+
+def _keep_present(item: Item, cur: Current, hist: list[str], run: _Run) -> None:
+    """An existing value is never overwritten: only a controller-store value replaces a placeholder, a
+    different store value is reported, and a persistent value in use is recorded in the history once."""
+    s = item.spec
+    seeded = run.seeded(s.name)
+    if seeded is not None and is_placeholder(cur.value):
+        item.value = seeded
+        item.action = "restored"
+        item.notes.append("placeholder replaced by the value from the controller store")
+    elif seeded is not None and seeded != cur.value:
+        item.warnings.append(f"{s.name}: the value on this host differs from the controller store; the host's "
+                             "value was kept (never overwritten). Decide which is right and remove the other.")
+    if s.persistent and s.kind != "provided" and item.value is None:
+        last = latest_current(hist)
+        if last is None or _read(last) != cur.value:
+            item.keep(run.stamp, "current", cur.value)
+            item.notes.append("persistent: the value in use was recorded in the history so a deleted file "
+                              "is restored, not replaced")
+
+
+def _fill_missing(item: Item, cur: Current, hist: list[str], run: _Run) -> None:
+    """No usable value: the controller store's, else the history's (persistent secrets), else a
+    placeholder (provided secrets), else a new one."""
+    s = item.spec
+    why = _why_missing(s, cur)
+    seeded = run.seeded(s.name)
+    latest = latest_current(hist) if s.persistent else None
+    if seeded is not None:
+        item.value = seeded
+        item.action = "restored"
+        item.notes.append(f"{why}; value restored from the controller store")
+        last = latest_current(hist)
+        item.same_as_in_use = last is not None and _read(last) == item.value
+    elif latest is not None:
+        item.value = _read(latest)
+        item.action = "restored"
+        item.same_as_in_use = True   # "-current" records the value in use
+        msg = (f"{why}; it is persistent (its consumer holds data keyed to it), so the value was restored "
+               f"from history {os.path.basename(latest)} instead of generating a different one")
+        item.notes.append(msg)
+        item.warnings.append(f"{s.name}: {msg}")
+    elif s.kind == "provided":
+        item.value = placeholder_value(s.name)
+        item.action = "placeholder-written"
+    else:
+        item.value = generate_value(s)
+        item.action = "generated"
+        if cur.exists:
+            item.notes.append(f"{why}; a value was generated in its place")
+        if hist:
+            item.warnings.append(
+                f"{s.name} {why} and was generated anew; earlier values are kept in "
+                f"{history_dir(run.secrets_dir, s.relpath)} (mark it persistent: true to restore instead, or "
+                f"run with restore: [{s.name}] to roll back)")
+        if s.persistent:
+            item.keep(run.stamp, "current", item.value)
+    if cur.empty_dir:
+        item.notes.append(f"removed the empty directory Docker had created at {s.path}")
+
+
+def _public_key_to_write(s: SecretSpec, private: bytes | None) -> bytes | None:
+    """The public key file's content when it is missing or no longer matches the private key."""
+    if not s.public_path or private is None:
+        return None
+    want = public_key_bytes(private, s.public_format)
+    if want is None:
+        raise HyHomeError(f"secret {s.name}: {s.path} does not hold a PEM private key")
+    pub_cur = read_current(s.name + ".pub", s.public_path)
+    return want if not pub_cur.exists or pub_cur.value != want else None
+
+
+def _plan_dirs(specs: list[SecretSpec], items: list[Item], secrets_dir: str,
+               manage_dir_modes: bool) -> tuple[list[str], list[tuple[str, int]]]:
+    """Directories to create (the secrets dir, parents of files, the history) and existing ones
+    that still give other users access."""
     dirs = {secrets_dir}
     for s in specs:
         d = os.path.dirname(s.path)
         while d.startswith(secrets_dir) and d not in dirs:
             dirs.add(d)
             d = os.path.dirname(d)
-    if any(i.history for i in items.values()):
+    if any(i.history for i in items):
         dirs.add(os.path.join(secrets_dir, HISTORY_DIR))
-    create, restrict, temps = [], [], []
+    create, restrict = [], []
     for d in sorted(dirs):
         try:
             st = os.lstat(d)
@@ -1064,6 +1354,12 @@ def plan(specs: list[SecretSpec], secrets_dir: str, project=None, *, rotate=(), 
         mode = stat.S_IMODE(os.stat(d).st_mode)
         if manage_dir_modes and mode & 0o007:
             restrict.append((d, mode & ~0o007))
+    return create, restrict
+
+
+def _stale_temps(specs: list[SecretSpec], secrets_dir: str) -> list[tuple[str, str | None]]:
+    """Leftovers of a killed writer next to secret files and in their history folders."""
+    temps = []
     for s in specs:
         d = os.path.dirname(s.path)
         base = os.path.basename(s.path)
@@ -1073,10 +1369,7 @@ def plan(specs: list[SecretSpec], secrets_dir: str, project=None, *, rotate=(), 
         hd = history_dir(secrets_dir, s.relpath)
         if os.path.isdir(hd) and any(_is_temp(n) for n in os.listdir(hd)):
             temps.append((hd, None))
-
-    ordered = [items[s.name] for s in specs]
-    warnings = [w for i in ordered for w in i.warnings]
-    return Plan(secrets_dir, ordered, create, restrict, temps, warnings)
+    return temps
 
 
 def _seed_bytes(value) -> bytes:

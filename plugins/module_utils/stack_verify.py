@@ -6,7 +6,8 @@ probe results, so unit tests feed them fake data; ``collect`` is the only part t
 
 Accepted exceptions come from the compose model (``x-hyhome.exceptions`` on a service, rule id ->
 written reason, the same ids the validate role uses). An accepted finding is still reported, with its
-reason; it does not fail the run.
+reason; it does not fail the run. Findings use the shared vocabulary of ``findings.py``: the rule
+says which check (``health``, ``security-*``, ``tls``, ``memory-ceiling``), ``subject`` the container.
 """
 
 from __future__ import annotations
@@ -17,10 +18,20 @@ import ssl
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from ansible_collections.hyhome.bootstrap.plugins.module_utils import compose_up as cu
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyHomeError
+from ansible_collections.hyhome.bootstrap.plugins.module_utils.findings import (
+    ERROR,
+    INFO,
+    SEVERITY_RANK,
+    WARNING,
+    Finding,
+)
+from ansible_collections.hyhome.bootstrap.plugins.module_utils.findings import (
+    render_table as render_findings,
+)
 
 CHECKS = ("health", "security", "tls", "memory")
 
@@ -33,21 +44,6 @@ RULE_MEM_LIMIT = "security-memory-limit"
 RULE_HEALTH = "health"
 RULE_TLS = "tls"
 RULE_MEMORY = "memory-ceiling"
-
-
-@dataclass
-class Finding:
-    check: str                  # health | security | tls | memory
-    rule: str
-    severity: str               # error | warning | info
-    message: str
-    service: str | None = None
-    container: str | None = None
-    accepted: str | None = None  # the written reason of an x-hyhome exception
-
-    @property
-    def blocking(self) -> bool:
-        return self.severity == "error" and not self.accepted
 
 
 # --------------------------------------------------------------------------------------------
@@ -74,10 +70,9 @@ def declared_exceptions(project) -> dict[str, dict[str, str]]:
 
 
 def apply_exceptions(findings: list[Finding], exceptions: dict[str, dict[str, str]]) -> list[Finding]:
-    for f in findings:
-        if f.service and f.rule in (exceptions.get(f.service) or {}):
-            f.accepted = exceptions[f.service][f.rule]
-    return findings
+    """``findings`` with those a service's exception covers accepted (with the written reason)."""
+    return [f.accept(exceptions[f.service][f.rule]) if f.service and f.rule in (exceptions.get(f.service) or {})
+            else f for f in findings]
 
 
 # --------------------------------------------------------------------------------------------
@@ -97,11 +92,11 @@ def check_health(project, containers: dict[str, list[cu.ContainerInfo]], service
         items = r.containers.get(name) or []
         detail = cu.explain(name, why, items).split("\n", 1)
         extra = ("\n" + detail[1]) if len(detail) > 1 else ""
-        out.append(Finding("health", RULE_HEALTH, "error", f"not ready: {why}{extra}", name,
-                           ", ".join(c.name for c in items) or None))
+        out.append(Finding(ERROR, RULE_HEALTH, f"not ready: {why}{extra}", service=name,
+                           subject=", ".join(c.name for c in items) or None))
     for name, why in sorted(r.ready.items()):
-        out.append(Finding("health", RULE_HEALTH, "info", why, name,
-                           ", ".join(c.name for c in r.containers.get(name) or [])))
+        out.append(Finding(INFO, RULE_HEALTH, why, service=name,
+                           subject=", ".join(c.name for c in r.containers.get(name) or []) or None))
     return out
 
 
@@ -120,10 +115,10 @@ def _user_is_root(user: str | None) -> bool:
 
 def security_summary(inspects: list[dict], findings: list[Finding]) -> Finding:
     """One info line: how many containers meet the whole baseline (no error finding at all)."""
-    failing = {f.container for f in findings if f.check == "security" and f.severity == "error"}
+    failing = {f.subject for f in findings if f.rule.startswith("security-") and f.severity == ERROR}
     names = [cu.ContainerInfo.from_inspect(a).name for a in inspects]
     ok = [n for n in names if n not in failing]
-    return Finding("security", "security-baseline", "info",
+    return Finding(INFO, "security-baseline",
                    f"{len(ok)} of {len(names)} containers meet the whole baseline (no-new-privileges, cap_drop ALL, "
                    "non-root, no host namespaces, not privileged, memory limit)")
 
@@ -137,8 +132,8 @@ def check_security(attrs: dict) -> list[Finding]:
     svc, name = info.service or None, info.name
     out = []
 
-    def add(rule, message, severity="error"):
-        out.append(Finding("security", rule, severity, message, svc, name))
+    def add(rule, message, severity=ERROR):
+        out.append(Finding(severity, rule, message, service=svc, subject=name))
 
     opts = [o.replace("=", ":").strip().lower() for o in hc.get("SecurityOpt") or []]
     if not any(o in ("no-new-privileges", "no-new-privileges:true") for o in opts):
@@ -148,7 +143,7 @@ def check_security(attrs: dict) -> list[Finding]:
         add(RULE_CAP_DROP, f"CapDrop {hc.get('CapDrop') or []} does not contain ALL")
     adds = hc.get("CapAdd") or []
     if adds:
-        add(RULE_CAP_DROP, f"capabilities added back: {', '.join(sorted(adds))}", "info")
+        add(RULE_CAP_DROP, f"capabilities added back: {', '.join(sorted(adds))}", INFO)
     user = config.get("User") or ""
     if _user_is_root(user):
         add(RULE_NON_ROOT, f"runs as root (Config.User {user!r})" if user else "runs as root (no user set)")
@@ -220,22 +215,22 @@ def check_memory(inspects: list[dict], stats: dict[str, dict], host_total: int,
             rep.unlimited.append(info.name)
         rep.usage_sum += usage or 0
     if not rep.host_total:
-        out.append(Finding("memory", RULE_MEMORY, "warning", "host memory unknown: cannot compare"))
+        out.append(Finding(WARNING, RULE_MEMORY, "host memory unknown: cannot compare"))
         return rep, out
     mib = 1024 * 1024
     summary = (f"{len(rep.per_container)} running containers use {rep.usage_sum / mib:.0f} MiB "
                f"({rep.usage_percent:.1f}% of {rep.host_total / mib:.0f} MiB), limits sum to "
                f"{rep.limit_sum / mib:.0f} MiB ({rep.limit_percent:.1f}%); ceiling {ceiling_percent:g}%")
     if rep.usage_percent >= ceiling_percent:
-        out.append(Finding("memory", RULE_MEMORY, "error", "usage above the ceiling: " + summary))
+        out.append(Finding(ERROR, RULE_MEMORY, "usage above the ceiling: " + summary))
     elif rep.limit_sum > rep.host_total:
-        out.append(Finding("memory", RULE_MEMORY, "error", "memory limits exceed host memory: " + summary))
+        out.append(Finding(ERROR, RULE_MEMORY, "memory limits exceed host memory: " + summary))
     elif rep.limit_percent >= ceiling_percent:
-        out.append(Finding("memory", RULE_MEMORY, "warning", "limits could exceed the ceiling: " + summary))
+        out.append(Finding(WARNING, RULE_MEMORY, "limits could exceed the ceiling: " + summary))
     else:
-        out.append(Finding("memory", RULE_MEMORY, "info", summary))
+        out.append(Finding(INFO, RULE_MEMORY, summary))
     if rep.unlimited:
-        out.append(Finding("memory", RULE_MEMORY, "warning",
+        out.append(Finding(WARNING, RULE_MEMORY,
                            "no memory limit, not counted in the limit sum: " + ", ".join(sorted(rep.unlimited))))
     return rep, out
 
@@ -333,30 +328,28 @@ def check_tls(probes: list[TlsProbe]) -> list[Finding]:
     for p in probes:
         where = f"{p.host}:{p.port} ({p.server_name})"
         if p.verified:
-            out.append(Finding("tls", RULE_TLS, "info",
+            out.append(Finding(INFO, RULE_TLS,
                                f"{where}: {p.version} {p.cipher}, chain to the local CA and hostname verified"
                                + (f", valid until {p.not_after}" if p.not_after else "")))
         elif p.chain_ok is False:
-            out.append(Finding("tls", RULE_TLS, "error",
-                               f"{where}: certificate does not chain to the local CA: {p.error}"))
+            out.append(Finding(ERROR, RULE_TLS, f"{where}: certificate does not chain to the local CA: {p.error}"))
         elif p.hostname_ok is False:
-            out.append(Finding("tls", RULE_TLS, "error",
-                               f"{where}: certificate does not match {p.server_name}: {p.error}"))
+            out.append(Finding(ERROR, RULE_TLS, f"{where}: certificate does not match {p.server_name}: {p.error}"))
         else:
-            out.append(Finding("tls", RULE_TLS, "error", f"{where}: {p.error}"))
+            out.append(Finding(ERROR, RULE_TLS, f"{where}: {p.error}"))
         if p.version in ("TLSv1", "TLSv1.1"):
-            out.append(Finding("tls", RULE_TLS, "error", f"{where}: negotiated {p.version}"))
+            out.append(Finding(ERROR, RULE_TLS, f"{where}: negotiated {p.version}"))
         refused = sorted(label for label, outcome in p.legacy.items() if outcome == "refused")
         if refused:
-            out.append(Finding("tls", RULE_TLS, "info", f"{where}: refuses {', '.join(refused)}"))
+            out.append(Finding(INFO, RULE_TLS, f"{where}: refuses {', '.join(refused)}"))
         for label, outcome in sorted(p.legacy.items()):
             if outcome == "accepted":
-                out.append(Finding("tls", RULE_TLS, "error", f"{where}: accepts {label} (TLS 1.2+ only required)"))
+                out.append(Finding(ERROR, RULE_TLS, f"{where}: accepts {label} (TLS 1.2+ only required)"))
             elif outcome == "untestable":
-                out.append(Finding("tls", RULE_TLS, "info",
+                out.append(Finding(INFO, RULE_TLS,
                                    f"{where}: {label} untestable: the local OpenSSL will not offer it"))
         if p.tls12 == "refused" and p.version != "TLSv1.3" and p.verified:
-            out.append(Finding("tls", RULE_TLS, "warning", f"{where}: TLS 1.2 refused (TLS 1.3 only)"))
+            out.append(Finding(WARNING, RULE_TLS, f"{where}: TLS 1.2 refused (TLS 1.3 only)"))
     return out
 
 
@@ -364,36 +357,15 @@ def check_tls(probes: list[TlsProbe]) -> list[Finding]:
 # Report
 # --------------------------------------------------------------------------------------------
 
-def summarize(findings: list[Finding]) -> dict:
-    out = {"errors": 0, "warnings": 0, "accepted": 0, "passed": 0}
-    for f in findings:
-        if f.accepted:
-            out["accepted"] += 1
-        elif f.severity == "error":
-            out["errors"] += 1
-        elif f.severity == "warning":
-            out["warnings"] += 1
-        else:
-            out["passed"] += 1
-    return out
+def sort_findings(findings: list[Finding]) -> list[Finding]:
+    """Report order: what fails first (errors, warnings, info), accepted ones last, then by rule and service."""
+    return sorted(findings, key=lambda f: (f.accepted is not None, SEVERITY_RANK[f.severity], f.rule,
+                                           f.service or "", f.subject or ""))
 
 
 def render_table(findings: list[Finding]) -> str:
-    """A human table, errors first; accepted findings show their reason."""
-    order = {"error": 0, "warning": 1, "info": 2}
-    rows = sorted(findings, key=lambda f: (f.accepted is not None, order.get(f.severity, 3), f.check,
-                                           f.service or "", f.rule))
-    lines = []
-    for f in rows:
-        status = "ACCEPTED" if f.accepted else {"error": "FAIL", "warning": "WARN", "info": "ok"}[f.severity]
-        first = f.message.split("\n", 1)[0]
-        lines.append(f"{status:<8} {f.check:<8} {(f.service or '-'):<20} {first}"
-                     + (f"  [accepted: {f.accepted}]" if f.accepted else ""))
-    return "\n".join(lines)
-
-
-def findings_as_dicts(findings: list[Finding]) -> list[dict]:
-    return [asdict(f) for f in findings]
+    """The human table (the shared layout), errors first; accepted findings show their reason."""
+    return "\n".join(render_findings(sort_findings(findings)))
 
 
 # --------------------------------------------------------------------------------------------

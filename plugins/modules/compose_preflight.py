@@ -16,10 +16,15 @@ description:
     version, C(vm.max_map_count) when a service runs OpenSearch or Elasticsearch, free disk on the
     project filesystem and the Docker root, available memory, host ports the project publishes that
     something else holds (a port held by this project's own container is not a conflict)."
-  - "Project checks: C(docker compose config) succeeds, C(.env) present when variables need it,
-    variables referenced without a default set and not empty, secret files present and non-empty,
-    certificate files present, bind-mount directories and files present (saying whether a
-    C(*.example) sibling exists), external networks and volumes exist."
+  - "Project checks: C(docker compose config) succeeds (its error line is shown, not its warnings),
+    C(.env) present when variables need it, variables referenced without a default set and not empty
+    (one nothing will set, neither C(.env.example) nor the inventory, blocks with where to set it),
+    secret files present and non-empty, provided secrets (declared in the registry or inferred from
+    names such as C(slack_webhook)) named with who must supply them, certificate files present,
+    bind-mount directories and files present (saying whether a C(*.example) sibling exists), external
+    networks (left to the compose step, which creates them) and volumes exist."
+  - When C(docker compose config) fails, the checks read the raw compose files (includes followed),
+    so an OpenSearch service still needs C(vm.max_map_count)."
   - The module never writes anything and never reports a secret or C(.env) value. It does not fail
     when something blocks; it returns RV(blocks_boot) and leaves the decision to the caller (the
     C(hyhome.bootstrap.preflight) role fails the play on blockers). It fails only on bad input (no
@@ -39,28 +44,9 @@ attributes:
   idempotent:
     support: full
     description: Never changes anything; always returns C(changed=false).
+extends_documentation_fragment:
+  - hyhome.bootstrap.project
 options:
-  project_dir:
-    description: Directory holding the root compose file.
-    type: path
-    required: true
-  files:
-    description: Compose files relative to O(project_dir), instead of Compose's own lookup.
-    type: list
-    elements: path
-    default: []
-  env_file:
-    description: Env file used for interpolation and checked for variables. Default C(<project_dir>/.env).
-    type: path
-  profiles:
-    description: Compose profiles to activate.
-    type: list
-    elements: str
-    default: []
-  docker_cli:
-    description: The docker CLI to run C(docker compose) with.
-    type: str
-    default: docker
   min_docker_version:
     description: Docker Engine older than this is a blocker.
     type: str
@@ -104,8 +90,34 @@ options:
         RV(blocks_boot). Use it when preflight runs before those steps, as in C(day0.yml).
     type: list
     elements: str
-    choices: [docker_engine, secrets, tls, data_dirs, env]
+    choices: [docker_engine, secrets, tls, data_dirs, env, compose]
     default: []
+  env_example:
+    description: The env step's template, read to know which variables it will set. Default
+      C(<project_dir>/.env.example).
+    type: path
+  env_supplied:
+    description:
+      - Variables the env step sets from the inventory (C(env_values) with a value, C(env_generated)). A
+        variable referenced without a default that neither these nor O(env_example) give a value is a
+        blocker no later step fixes, with where to set it.
+    type: list
+    elements: str
+    default: []
+  env_allow_empty:
+    description: Variables referenced without a default that may stay empty on purpose (the env role's
+      C(env_allow_empty)).
+    type: list
+    elements: str
+    default: []
+  start_stack:
+    description:
+      - Whether the stack is started after the preparation steps. When false (day0 with
+        C(hyhome_start_stack=false)), what only matters at boot (published ports in use,
+        C(vm.max_map_count), missing external networks and volumes) is a warning, "needed before the
+        stack starts", instead of a blocker.
+    type: bool
+    default: true
 """
 
 EXAMPLES = r"""
@@ -119,11 +131,18 @@ EXAMPLES = r"""
     msg: "{{ preflight.table_lines }}"
   when: preflight.blocks_boot
 
-- name: Preflight before the steps that create secrets, certificates, directories and .env
+- name: Preflight before the steps that create secrets, certificates, directories, .env and networks
+  hyhome.bootstrap.compose_preflight:
+    project_dir: /srv/stack
+    deferred_steps: [secrets, tls, data_dirs, env, compose]
+    env_supplied: [KAFKA_CLUSTER_ID, HYHOME_DOMAIN]
+    min_disk_free_gb: 20
+
+- name: Preflight of a run that prepares the project without starting it
   hyhome.bootstrap.compose_preflight:
     project_dir: /srv/stack
     deferred_steps: [secrets, tls, data_dirs, env]
-    min_disk_free_gb: 20
+    start_stack: false
 """
 
 RETURN = r"""
@@ -132,20 +151,22 @@ changed:
   returned: always
   type: bool
 blocks_boot:
-  description: True when at least one blocker (not left to a deferred step) stops first boot.
+  description: True when at least one error (not left to a deferred step) stops first boot.
   returned: success
   type: bool
 findings:
-  description: Every finding, in stable order (check order, then severity, then subject).
+  description:
+    - Every finding, in stable order (check order, then severity, then subject), in the vocabulary validate and
+      verify share.
   returned: success
   type: list
   elements: dict
   contains:
-    check:
+    rule:
       description: Stable check id, such as C(host.docker_engine) or C(project.secrets).
       type: str
     severity:
-      description: C(blocker), C(warning) or C(info) (ok / informational).
+      description: C(error) (blocks first boot), C(warning) or C(info) (ok / informational).
       type: str
     subject:
       description: What the finding is about (secret name, path, port, variable).
@@ -153,24 +174,40 @@ findings:
     message:
       description: What was found, with the evidence.
       type: str
-    fix:
+    hint:
       description: How to fix it; empty for info findings.
       type: str
     fixed_by:
       description: The bootstrap step that fixes it, when one does; null otherwise.
       type: str
+    service:
+      description: Always null here (preflight names what a finding is about in RV(findings[].subject)).
+      type: str
+    file:
+      description: Always null here.
+      type: str
+    line:
+      description: Always null here.
+      type: int
+    accepted:
+      description: Always null here (preflight has no exceptions).
+      type: str
   sample:
-    - check: project.secrets
-      severity: blocker
+    - rule: project.secrets
+      severity: error
       subject: db_password
       message: "secret file secrets/db_password.txt is missing; used by db"
-      fix: "run the secrets step (hyhome.bootstrap.secrets) to create it, or create secrets/db_password.txt yourself"
+      hint: "run the secrets step (hyhome.bootstrap.secrets) to create it, or create secrets/db_password.txt yourself"
       fixed_by: secrets
+      service: null
+      file: null
+      line: null
+      accepted: null
 summary:
-  description: Counts per severity, how many blockers block, how many are deferred.
+  description: Counts per severity, how many errors block first boot now, how many later steps fix.
   returned: success
   type: dict
-  sample: {blocker: 2, warning: 1, info: 9, blocking: 2, deferred: 0, blocks_boot: true}
+  sample: {error: 2, warning: 1, info: 9, accepted: 0, blocking: 2, deferred: 0, blocks_boot: true}
 table:
   description: The human table (one string, lines separated by newlines).
   returned: success
@@ -181,18 +218,25 @@ table_lines:
   type: list
   elements: str
 problem_lines:
-  description: The human table without the info rows (blockers and warnings only).
+  description: The human table without the info rows (errors and warnings only).
   returned: success
   type: list
   elements: str
 report:
-  description: The JSON report (schema 1) with project, summary and findings; deterministic, no timestamps.
+  description: The JSON report (schema 2) with project, summary and findings; deterministic, no timestamps.
   returned: success
   type: dict
 host_facts:
   description: What the host probes found (versions, free space, listeners, engine networks...).
   returned: success
   type: dict
+project_context:
+  description:
+    - Whether this call reused the run's project context (V(hit)) or ran C(docker compose config) (V(miss)),
+      and a short form of the context key. Counting V(miss) over a run counts the computations.
+  returned: success
+  type: dict
+  sample: {cache: miss, key: 3f2a9c01b7de}
 """
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402 - after the docs, as Ansible expects
@@ -200,19 +244,21 @@ from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyH
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.preflight import (  # noqa: E402
     STEPS,
     Options,
+    load,
     preflight,
     render_table,
+)
+from ansible_collections.hyhome.bootstrap.plugins.module_utils.project_options import (  # noqa: E402
+    context_result,
+    loader,
+    project_argspec,
 )
 
 
 def main() -> None:
     module = AnsibleModule(
         argument_spec=dict(
-            project_dir=dict(type="path", required=True),
-            files=dict(type="list", elements="path", default=[]),
-            env_file=dict(type="path"),
-            profiles=dict(type="list", elements="str", default=[]),
-            docker_cli=dict(type="str", default="docker"),
+            **project_argspec(),
             min_docker_version=dict(type="str", default="20.10"),
             warn_compose_below=dict(type="str", default="2.20"),
             min_disk_free_gb=dict(type="float", default=5),
@@ -222,6 +268,10 @@ def main() -> None:
             check_ports=dict(type="bool", default=True),
             deferred_steps=dict(type="list", elements="str", choices=list(STEPS), default=[]),
             secrets_registry_file=dict(type="path"),
+            env_example=dict(type="path"),
+            env_supplied=dict(type="list", elements="str", default=[]),
+            env_allow_empty=dict(type="list", elements="str", default=[]),
+            start_stack=dict(type="bool", default=True),
         ),
         supports_check_mode=True,
     )
@@ -236,10 +286,15 @@ def main() -> None:
         check_ports=p["check_ports"],
         env_file=p["env_file"],
         secrets_registry_file=p["secrets_registry_file"],
+        env_example=p["env_example"],
+        env_supplied=tuple(p["env_supplied"]),
+        env_allow_empty=tuple(p["env_allow_empty"]),
+        start_stack=p["start_stack"],
     )
     try:
         result = preflight(p["project_dir"], files=p["files"], profiles=p["profiles"], docker=p["docker_cli"],
-                           options=options, deferred_steps=p["deferred_steps"])
+                           options=options, deferred_steps=p["deferred_steps"],
+                           loader=loader(module.check_mode, load))
     except HyHomeError as exc:
         module.fail_json(msg=exc.msg)
     module.exit_json(
@@ -252,6 +307,7 @@ def main() -> None:
         problem_lines=render_table(result.project, result.findings, p["deferred_steps"], problems_only=True),
         report=result.report,
         host_facts=result.facts.as_dict(),
+        project_context=context_result(result.project),
     )
 
 

@@ -23,6 +23,9 @@ description:
     healthcheck) and one-shot init services exited 0. An unhealthy service is retried until
     O(wait_timeout); on failure the message names the service, its last health-check outputs and its
     last 20 log lines.
+  - Creates the external (C(external=true)) networks the services attach to that do not exist yet (a plain bridge,
+    labelled C(org.hyhome.bootstrap.created-by)), since Compose refuses to start without them; reported in
+    RV(networks_created) and as a change. O(create_networks=false) fails instead, naming the command.
   - Writable bind-mounted directories are data and are not fingerprinted. Exclude further paths with
     C(x-hyhome.fingerprint_exclude) (host or container paths) on the service.
 author: Hy-Home Bootstrap maintainers
@@ -32,37 +35,25 @@ requirements:
 attributes:
   check_mode:
     support: full
-    description: Reports the per-service plan (create, recreate, start, stop, remove and why) without
-      touching containers, building or pulling images, or writing the state file.
+    description: Reports the per-service plan (create, recreate, start, stop, remove and why) and the
+      external networks it would create, without touching containers or networks, building or pulling
+      images, or writing the state file.
   diff_mode:
     support: full
     description: Per-service before/after summary (status, short config hash, short fingerprint,
-      planned action). Never file content or stored digests.
+      planned action), plus the external networks under C(external networks) (absent/present). Never
+      file content or stored digests.
   idempotent:
     support: full
     description: A second run with nothing changed reports C(changed=false) and restarts nothing.
+extends_documentation_fragment:
+  - hyhome.bootstrap.project
 options:
-  project_dir:
-    description: Directory of the Compose project (the root compose file lives here).
-    type: path
-    required: true
   project_name:
     description:
       - Compose project name (C(docker compose -p)). Default is the name Compose derives (C(name:) in the
         file or the directory name).
     type: str
-  files:
-    description: Compose files, relative to O(project_dir). Default is Compose's own lookup.
-    type: list
-    elements: path
-  env_file:
-    description: Alternative env file for interpolation. Default is C(<project_dir>/.env).
-    type: path
-  profiles:
-    description: Profiles to activate.
-    type: list
-    elements: str
-    default: []
   services:
     description:
       - Act on these services only. With O(state=present) or O(state=restarted) their dependencies are
@@ -118,10 +109,12 @@ options:
       - Disable to rely on the Compose config hash only.
     type: bool
     default: true
-  docker_cli:
-    description: The docker client binary.
-    type: str
-    default: docker
+  create_networks:
+    description:
+      - With O(state=present) or O(state=restarted), create the external networks the services use that do
+        not exist. When false, a missing one fails the run with the C(docker network create) command to run.
+    type: bool
+    default: true
 notes:
   - The host daemon resolves bind-mount paths on the host. When running inside a container that drives
     the host's engine, mount the project directory at the same path.
@@ -178,6 +171,12 @@ fingerprints:
   description: Per service, a short display form of the content fingerprint (not the digest itself).
   returned: when O(state) is present or restarted and O(fingerprints=true)
   type: dict
+networks_created:
+  description: External networks that were created (or would be, in check mode).
+  returned: always
+  type: list
+  elements: str
+  sample: [proxy]
 orphans:
   description: Orphan containers removed (or to remove in check mode).
   returned: always
@@ -203,25 +202,33 @@ commands:
   returned: always
   type: list
   elements: list
+project_context:
+  description:
+    - Whether this call reused the run's project context (V(hit)) or ran C(docker compose config) (V(miss)),
+      and a short form of the context key. Counting V(miss) over a run counts the computations.
+  returned: when the project was read
+  type: dict
+  sample: {cache: hit, key: 3f2a9c01b7de}
 """
 
 import shutil  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402 - after the documentation, as Ansible expects
 from ansible_collections.hyhome.bootstrap.plugins.module_utils import compose_up as core  # noqa: E402
-from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_model import load_project  # noqa: E402
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyHomeError  # noqa: E402
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.fileops import refuse_dangerous  # noqa: E402
+from ansible_collections.hyhome.bootstrap.plugins.module_utils.project_options import (  # noqa: E402
+    context_result,
+    load,
+    project_argspec,
+)
 
 
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            project_dir=dict(type="path", required=True),
+            **project_argspec(),
             project_name=dict(type="str"),
-            files=dict(type="list", elements="path"),
-            env_file=dict(type="path"),
-            profiles=dict(type="list", elements="str", default=[]),
             services=dict(type="list", elements="str", default=[]),
             state=dict(type="str", choices=["present", "stopped", "restarted", "absent"], default="present"),
             pull=dict(type="str", choices=["missing", "always", "never"], default="missing"),
@@ -232,7 +239,7 @@ def main():
             wait_timeout=dict(type="int", default=300),
             recreate=dict(type="list", elements="str", default=[]),
             fingerprints=dict(type="bool", default=True),
-            docker_cli=dict(type="str", default="docker"),
+            create_networks=dict(type="bool", default=True),
         ),
         supports_check_mode=True,
     )
@@ -244,11 +251,10 @@ def main():
             module.warn(f"{p['docker_cli']} is not installed yet; check mode assumes the whole project is created")
             module.exit_json(changed=True, state=p["state"], project=p["project_name"] or "", plan={}, actions={},
                              services={}, orphans=[], images_built=[], images_pulled=[], commands=[],
-                             recreate_ignored=[])
+                             recreate_ignored=[], networks_created=[])
         if p["wait_timeout"] <= 0:
             raise HyHomeError("wait_timeout must be a positive number of seconds")
-        project = load_project(p["project_dir"], files=p["files"], env_file=p["env_file"],
-                               profiles=p["profiles"], docker=p["docker_cli"])
+        project = load(p, module.check_mode)
         if project.config_error:
             raise HyHomeError(f"docker compose rejects the project in {p['project_dir']}:\n{project.config_error}")
         if p["project_name"]:
@@ -265,14 +271,17 @@ def main():
                     for n in sorted(project.services)}
             module.exit_json(changed=True, state=p["state"], project=project.name, plan=plan,
                              actions={n: ["create"] for n in plan}, services={}, orphans=[], images_built=[],
-                             images_pulled=[], commands=[])
+                             images_pulled=[], commands=[], recreate_ignored=[],
+                             networks_created=core.external_networks(project, project.services),
+                             project_context=context_result(project))
         opts = core.Options(
             state=p["state"], services=p["services"], pull=p["pull"], build=p["build"],
             remove_orphans=p["remove_orphans"], remove_volumes=p["remove_volumes"], wait=p["wait"],
             wait_timeout=float(p["wait_timeout"]), recreate=p["recreate"], fingerprints=p["fingerprints"],
-            check_mode=module.check_mode, diff=module._diff,
+            create_networks=p["create_networks"], check_mode=module.check_mode, diff=module._diff,
         )
         result = core.apply(engine, project, opts)
+        result["project_context"] = context_result(project)
         if result.get("recreate_ignored"):
             module.warn("recreate lists services not in the active project, ignored: "
                         + ", ".join(result["recreate_ignored"]))

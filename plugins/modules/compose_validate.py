@@ -11,17 +11,32 @@ short_description: Static checks of a Docker Compose project (config, lint, secr
 description:
   - Loads the project once with C(docker compose config --format json) (no Docker daemon needed) plus the raw
     files, and reports findings with a severity, a rule id, the service, file and line where known, and a fix hint.
-  - "Checks: YAML syntax errors with file and line; C(docker compose config) errors verbatim with a plain-words
-    explanation of the common ones (a resource defined both in the root file and in an included file, a missing
-    C(env_file), a required variable); yamllint problems; a service reading C(/run/secrets/X) without declaring
-    C(X); a declared secret missing from the registry; registry secrets nobody uses; two names for one secret
-    value (C(alertmanager_smtp_password) where C(smtp_password) exists, or two entries reading one file);
-    C($VAR) in C(command), C(entrypoint) or C(healthcheck) that Compose interpolates when it parses the file
-    (C($$VAR) was meant); bind mounts of files that do not exist; the security baseline
-    (C(no-new-privileges:true), C(cap_drop: [ALL]), non-root C(user), no C(privileged), no host pid, network or
-    ipc namespace, writable bind mounts only where declared, a healthcheck, a memory limit, no Docker socket)."
+  - "Rules (id, severity): C(yaml-syntax) (error) a compose file is not valid YAML, with file and line;
+    C(include-missing) (error) an C(include:) entry names a missing file; C(yaml-lint) (warning; C(key-duplicates):
+    error) yamllint problems; C(compose-config) (error) C(docker compose config) rejects the project: its error line
+    (not its warning lines), explained in plain words for the common cases, located where possible;
+    C(compose-warning) (warning) each Compose warning once, at the first reference of an unset variable."
+  - "C(resource-redeclared) (error) every service, network, volume, secret or config that two files joined by
+    C(include:) declare differently, with both file:line locations (Compose stops at the first and names only it;
+    root files merged with C(-f) and identical copies are fine); C(credential-literal) (error) a literal password,
+    token, secret or key in C(environment:) (by name, or a URL with a password, or a PEM block), never its value;
+    C(secret-undeclared) (error) a service reads C(/run/secrets/X) (command, entrypoint, healthcheck, environment,
+    or a script or file bind-mounted from the project) without declaring secret C(X); C(secret-unregistered)
+    (error); C(secret-unused) (warning); C(secret-alias) (error) a second name for a shared secret;
+    C(secret-duplicate) (error) two registry entries reading one file; C(secret-external-swarm) (error) an
+    C(external: true) secret, which only Docker Swarm provides."
+  - "C(interpolation-trap) (error) C($VAR) in C(command), C(entrypoint) or C(healthcheck) that Compose interpolates
+    when it parses the file (C($$VAR) was meant); C(bind-missing-file) (error) a bind-mounted file that does not
+    exist; the security baseline: C(security-no-new-privileges), C(security-cap-drop-all), C(security-non-root)
+    (warning when no C(user:) is declared), C(security-privileged), C(security-host-namespace),
+    C(security-healthcheck) (not for one-shot jobs: a dependant waits for C(service_completed_successfully), or
+    C(restart) is C(no) or C(on-failure)), C(security-memory-limit), C(security-docker-socket) (all errors) and
+    C(security-writable-bind) (warning) configuration (a file, a read-only or git-tracked directory, or
+    C(x-hyhome.config)) bind-mounted writable; writable data directories are fine."
+  - "When C(docker compose config) fails, every other rule runs on the model built from the raw files."
   - "Per-service declarations in the C(x-hyhome) extension: C(writable: [<container path>, ...]) lists the bind
-    mounts the service may write; C(exceptions: {<rule id>: <reason>}) accepts a finding with a written reason.
+    mounts the service writes (data, even when a file or tracked by git); C(config: [<container path>, ...]) marks
+    bind mounts as configuration; C(exceptions: {<rule id>: <reason>}) accepts a finding with a written reason.
     Accepted findings stay in the report with RV(findings[].accepted) set, and do not count as errors."
   - The module only reads. It never reports C(changed) and fails only on bad input (not a compose project, missing
     directory, no docker binary), not on findings; the C(hyhome.bootstrap.validate) role decides what fails.
@@ -31,28 +46,9 @@ requirements:
   - docker CLI with the Compose v2 plugin (C(docker compose config) needs no running daemon)
   - PyYAML
   - yamllint (when O(yamllint=true))
+extends_documentation_fragment:
+  - hyhome.bootstrap.project
 options:
-  project_dir:
-    description: The directory holding the root compose file (C(compose.yaml), C(docker-compose.yml), ...).
-    type: path
-    required: true
-  files:
-    description: Compose files relative to O(project_dir), instead of Compose's own lookup.
-    type: list
-    elements: str
-    default: []
-  env_file:
-    description: Env file used for interpolation. Default is C(.env) in O(project_dir).
-    type: path
-  profiles:
-    description: Profiles whose services are checked. V(*) means every profile, so no service escapes validation.
-    type: list
-    elements: str
-    default: ["*"]
-  docker:
-    description: The docker binary (name in C(PATH) or absolute path).
-    type: str
-    default: docker
   yamllint:
     description: Run yamllint on every compose file.
     type: bool
@@ -115,7 +111,7 @@ findings:
   elements: dict
   contains:
     severity:
-      description: C(error), C(warning) or C(info).
+      description: C(error), C(warning) or C(info) (the vocabulary preflight and verify share).
       type: str
     rule:
       description: Rule id, e.g. C(secret-undeclared), C(security-cap-drop-all). Use it in C(x-hyhome.exceptions).
@@ -123,8 +119,11 @@ findings:
     service:
       description: The service concerned, or null for project-level findings.
       type: str
+    subject:
+      description: What else it is about when known (a variable, a secret, C(networks.edge)), else null.
+      type: str
     file:
-      description: Compose file, relative to O(project_dir) when inside it.
+      description: The file to fix (a compose file, or a mounted script), relative to O(project_dir) when inside it.
       type: str
     line:
       description: 1-based line, or null when unknown.
@@ -138,10 +137,13 @@ findings:
     accepted:
       description: The written reason of the declared exception that accepts this finding, else null.
       type: str
+    fixed_by:
+      description: Always null here (no bootstrap step fixes a validate finding for you).
+      type: str
   sample:
-    - {severity: error, rule: secret-undeclared, service: api, file: compose.yaml, line: 12,
+    - {severity: error, rule: secret-undeclared, service: api, subject: api_token, file: compose.yaml, line: 12,
        message: reads /run/secrets/api_token but does not declare secret api_token,
-       hint: "add `secrets: [api_token]` to service api", accepted: null}
+       hint: "add `secrets: [api_token]` to service api", accepted: null, fixed_by: null}
 report:
   description: The whole report (project, files, source, ok, summary, findings), as the role writes it as JSON.
   returned: success
@@ -155,12 +157,24 @@ source:
   returned: success
   type: str
   sample: config
+project_context:
+  description:
+    - Whether this call reused the run's project context (V(hit)) or ran C(docker compose config) (V(miss)),
+      and a short form of the context key. Counting V(miss) over a run counts the computations.
+  returned: success
+  type: dict
+  sample: {cache: hit, key: 3f2a9c01b7de}
 """
 
 import traceback  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib  # noqa: E402
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyHomeError  # noqa: E402
+from ansible_collections.hyhome.bootstrap.plugins.module_utils.project_options import (  # noqa: E402
+    context_result,
+    loader,
+    project_argspec,
+)
 
 try:  # PyYAML (compose model) must exist where the module runs
     from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_validate import render_table, run
@@ -179,11 +193,7 @@ else:
 def main():
     module = AnsibleModule(
         argument_spec={
-            "project_dir": {"type": "path", "required": True},
-            "files": {"type": "list", "elements": "str", "default": []},
-            "env_file": {"type": "path"},
-            "profiles": {"type": "list", "elements": "str", "default": ["*"]},
-            "docker": {"type": "str", "default": "docker"},
+            **project_argspec(),
             "yamllint": {"type": "bool", "default": True},
             "yamllint_config": {"type": "str"},
         },
@@ -197,12 +207,13 @@ def main():
                          exception=YAMLLINT_IMPORT_ERROR)
     try:
         project, _, report = run(p["project_dir"], files=p["files"] or None, env_file=p["env_file"],
-                                 profiles=p["profiles"], docker=p["docker"], yamllint=p["yamllint"],
-                                 yamllint_config=p["yamllint_config"])
+                                 profiles=p["profiles"], docker=p["docker_cli"], yamllint=p["yamllint"],
+                                 yamllint_config=p["yamllint_config"], loader=loader(module.check_mode))
     except HyHomeError as e:
         module.fail_json(msg=e.msg)
     module.exit_json(changed=False, ok=report["ok"], summary=report["summary"], findings=report["findings"],
-                     report=report, table=render_table(report), source=project.source)
+                     report=report, table=render_table(report), source=project.source,
+                     project_context=context_result(project))
 
 
 if __name__ == "__main__":

@@ -14,10 +14,15 @@ description:
     is listed twice by hand.
   - "Decides the owner of each path from, in order: O(overrides) for the path, then for the service;
     the service's C(user:) (a name is resolved in the image's own C(/etc/passwd), read from a created,
-    never started container); the built-in table of images that start as root and drop to a fixed uid
-    (postgres 999, grafana 472, loki and tempo 10001, prometheus and alertmanager 65534, opensearch
-    and keycloak 1000, redis and valkey 999, ...; extend or override it with O(image_users)); the
-    image's configured user (C(Config.User)); else root."
+    never started container); the image's configured user (C(Config.User)) when the image is on the
+    engine and it is not root; the built-in table of well-known images, which also covers images that
+    start as root and drop to a fixed uid (postgres 999, grafana 472, loki and tempo 10001, prometheus
+    and the exporters 65534, opensearch, kafka and keycloak 1000, redis and valkey 999, spilo 101, ...;
+    extend or override it with O(image_users)); else root, with a warning naming the fix."
+  - Read-only binds of host paths outside the project (cAdvisor's C(/:/rootfs:ro), C(/sys), C(/var/run),
+    C(/var/lib/docker), C(/etc/machine-id)) belong to the host. They are never changed nor refused, and
+    are listed in RV(host_paths) as C(host path, not managed). A writable bind of a system path is still
+    refused.
   - A writable directory gets that owner and O(mode). Two services with different users writing to
     one directory share it through a group (O(shared_mode), setgid) and the module reports which
     service needs C(group_add). A read-only mount keeps its owner and only gains read access for the
@@ -30,8 +35,9 @@ description:
     that changes only entries that differ, never follows a symlink, never crosses into another
     filesystem, skips device nodes and other managed paths nested inside, and reports how many
     entries were checked and fixed.
-  - Refuses, before changing anything, C(/), system directories, C(/var/lib/docker), the Docker socket,
-    paths outside O(allowed_roots), and symlinked components that lead outside them.
+  - Refuses, before changing anything, writable binds of C(/), system directories, C(/var/lib/docker),
+    the Docker socket, paths outside O(allowed_roots), and symlinked components that lead outside them.
+    Paths under O(exclude) are skipped before that check.
 author: Hy-Home Bootstrap maintainers
 requirements:
   - Docker Compose v2 (C(docker compose config)) to read the project.
@@ -48,30 +54,16 @@ attributes:
   idempotent:
     support: full
     description: A second run reports C(changed=false).
+extends_documentation_fragment:
+  - hyhome.bootstrap.project
 options:
-  project_dir:
-    description: Directory of the Compose project.
-    type: path
-    required: true
-  files:
-    description: Compose files relative to O(project_dir). Default is Compose's own lookup.
-    type: list
-    elements: path
-  env_file:
-    description: Alternative env file for interpolation. Default is C(<project_dir>/.env).
-    type: path
-  profiles:
-    description: Compose profiles to activate (V(*) for all). Services of inactive profiles are not considered.
-    type: list
-    elements: str
-    default: []
   allowed_roots:
     description: Paths may only be inside these directories. Default is O(project_dir).
     type: list
     elements: path
   exclude:
-    description: Trees never touched (reported as skipped). Default is C(<project_dir>/secrets), which the
-      secrets and tls roles own.
+    description: Trees never touched nor refused (reported as skipped); relative paths are relative to
+      O(project_dir). Default is C(<project_dir>/secrets), which the secrets and tls roles own.
     type: list
     elements: path
   overrides:
@@ -118,8 +110,6 @@ options:
     default: warn
   docker_cli:
     description: The docker CLI used for C(docker compose config) (and image lookups without the SDK).
-    type: str
-    default: docker
 notes:
   - Group sharing only works when the other services run with that group; the result's RV(shared) says
     which service needs C(group_add).
@@ -158,7 +148,7 @@ paths:
     owner: {description: Enforced uid (null when the owner is kept)., type: int}
     group: {description: Enforced gid (null when the group is kept)., type: int}
     owner_source:
-      description: "Which rule chose the owner: override, user, image-table, image-config, root."
+      description: "Which rule chose the owner: override, user, image-config, image-table, unresolved."
       type: str
     state: {description: "created, copied, fixed or ok.", type: str}
     checked: {description: Entries examined (the path itself plus its subtree with O(recurse))., type: int}
@@ -182,6 +172,19 @@ skipped_paths:
   returned: always
   type: list
   elements: dict
+host_paths:
+  description: Read-only binds of host paths outside the project, left alone, with the services and
+    container targets that mount them.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    path: {description: Host path., type: str}
+    services: {description: Services mounting it., type: list, elements: str}
+    targets: {description: Paths inside the containers., type: list, elements: str}
+    reason: {description: Always C(host path, not managed)., type: str}
+  sample:
+    - {path: /var/lib/docker, services: [cadvisor], targets: [/var/lib/docker], reason: "host path, not managed"}
 missing_files:
   description: Bind-mounted files that are missing and have no example (Docker would create a directory).
   returned: always
@@ -192,19 +195,27 @@ totals:
   returned: always
   type: dict
   sample: {checked: 1000001, fixed: 5}
+project_context:
+  description:
+    - Whether this call reused the run's project context (V(hit)) or ran C(docker compose config) (V(miss)),
+      and a short form of the context key. Counting V(miss) over a run counts the computations.
+  returned: always
+  type: dict
+  sample: {cache: hit, key: 3f2a9c01b7de}
 """
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402 - after the documentation, as Ansible expects
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyHomeError  # noqa: E402
+from ansible_collections.hyhome.bootstrap.plugins.module_utils.project_options import (  # noqa: E402
+    context_result,
+    project_argspec,
+)
 
 
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            project_dir=dict(type="path", required=True),
-            files=dict(type="list", elements="path"),
-            env_file=dict(type="path"),
-            profiles=dict(type="list", elements="str", default=[]),
+            **project_argspec(),
             allowed_roots=dict(type="list", elements="path"),
             exclude=dict(type="list", elements="path"),
             overrides=dict(type="dict", default={}),
@@ -216,19 +227,17 @@ def main():
             recurse=dict(type="bool", default=False),
             copy_examples=dict(type="bool", default=True),
             missing_image=dict(type="str", choices=["warn", "fail"], default="warn"),
-            docker_cli=dict(type="str", default="docker"),
         ),
         supports_check_mode=True,
     )
     p = module.params
     try:
         from ansible_collections.hyhome.bootstrap.plugins.module_utils import data_dirs as core
-        from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_model import load_project
         from ansible_collections.hyhome.bootstrap.plugins.module_utils.fileops import refuse_dangerous
+        from ansible_collections.hyhome.bootstrap.plugins.module_utils.project_options import load
 
         refuse_dangerous(p["project_dir"], "project_dir")
-        project = load_project(p["project_dir"], files=p["files"], env_file=p["env_file"],
-                               profiles=p["profiles"], docker=p["docker_cli"])
+        project = load(p, module.check_mode)
         if project.config_error:
             raise HyHomeError(f"docker compose rejects the project in {p['project_dir']}:\n{project.config_error}")
         options = {k: p[k] for k in ("allowed_roots", "exclude", "overrides", "image_users", "mode", "shared_mode",
@@ -249,6 +258,7 @@ def main():
         module.warn(f"{m['path']} (mounted by {', '.join(m['services'])}) is missing: {m['hint']}")
     if module._diff and result["changed"]:
         result["diff"] = diff
+    result["project_context"] = context_result(project)
     module.exit_json(**result)
 
 

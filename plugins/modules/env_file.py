@@ -13,9 +13,13 @@ description:
   - Writes C(<project_dir>/.env) from C(.env.example) plus O(values), keeping the example's comments, blank
     lines and order; only the lines whose value changes are rewritten, keys the example lacks are appended at
     the end in the order given.
-  - Guarantees every variable the compose files reference without a default (read from the raw compose
-    files, includes followed; Docker is not needed) is defined in the result, and non-empty where the
-    reference requires a value (C(${X:?msg})). Otherwise it fails with the full list and writes nothing.
+  - Guarantees every variable the compose files reference without a default (C(${X}), C($X), C(${X:?msg});
+    read from the raw compose files, includes followed; Docker is not needed) is defined and not empty in
+    the result, since Compose would otherwise stop or substitute an empty string. Otherwise it fails with
+    the full list (name, compose file:line) and where to set each (O(values), or O(generated) for an
+    identifier), and writes nothing. Names in O(allow_empty) may stay empty.
+  - Generates the identifiers declared in O(generated) (a Kafka cluster id, a uuid) once and keeps the
+    value already in the file on later runs. Identifiers only; secret-looking names are refused.
   - Refuses to write a value that looks like a secret, that is a non-empty value under a sensitive name
     (C(*PASSWORD*), C(*PASSWD*), C(*SECRET*), C(*TOKEN*), C(*PASSPHRASE*), C(*CREDENTIAL*), C(*PRIVATE*),
     C(*WEBHOOK*), C(*_KEY), C(*_AUTH), words C(PASS)/C(PWD)/C(SALT)), a PEM block, or a URL with a password.
@@ -26,15 +30,20 @@ description:
   - Written atomically (temporary file in the same directory, fsync, rename) with mode O(mode).
 author:
   - Hy-Home Bootstrap maintainers
+extends_documentation_fragment:
+  - hyhome.bootstrap.project
 options:
   project_dir:
     description: Compose project directory (holds the root compose file, C(.env.example) and C(.env)).
-    type: path
-    required: true
+  env_file:
+    description:
+      - The env file the project reads for interpolation (C(docker compose --env-file)), and so the file
+        this module writes unless O(dest) says otherwise. Default C(<project_dir>/.env).
   dest:
-    description: The file to write, relative to O(project_dir) (or absolute inside it).
+    description:
+      - The file to write, relative to O(project_dir) (or absolute inside it).
+      - Default O(env_file), else C(.env).
     type: path
-    default: .env
   example:
     description: The template, relative to O(project_dir). A missing example means an empty one unless
       O(require_example=true).
@@ -51,6 +60,22 @@ options:
         quotes, so no interpolation).
     type: dict
     default: {}
+  generated:
+    description:
+      - Identifiers to generate, as a mapping of variable name to kind. V(uuid) (random version-4 uuid),
+        V(hex) (32 hex characters), V(kafka-cluster-id) (22-character base64url uuid, what Kafka KRaft's
+        C(kafka-storage random-uuid) prints).
+      - Generated once; a non-empty value already in O(dest) is kept (data was created with it). Not for
+        secrets, so a name that looks sensitive is refused. A name may not be in O(values) too.
+    type: dict
+    default: {}
+  allow_empty:
+    description:
+      - Variables referenced without a default that may stay empty on purpose. One the example lacks is
+        written empty. A C(${X:?}) reference still needs a value.
+    type: list
+    elements: str
+    default: []
   allow_keys:
     description: Names that look sensitive but are not (for example C(PASSWORD_MIN_LENGTH)).
     type: list
@@ -60,11 +85,6 @@ options:
     description: Check the variables the compose files reference without a default.
     type: bool
     default: true
-  compose_files:
-    description: Compose files relative to O(project_dir); empty for Compose's own lookup.
-    type: list
-    elements: str
-    default: []
   required:
     description: More names that must be defined and non-empty, on top of what the compose files need.
     type: list
@@ -97,6 +117,9 @@ attributes:
 notes:
   - Comments inside the example are kept verbatim; lines of keys whose value changes are rewritten as
     C(KEY=value) (an inline comment on such a line is dropped).
+  - O(profiles) and O(docker_cli) are accepted like in every module that reads the project, and not used.
+    The references are read from the raw files of O(files) (Docker is not needed), those of every profile
+    included, since Compose interpolates every service whatever its profile.
 seealso:
   - module: hyhome.bootstrap.secret_files
 """
@@ -108,6 +131,14 @@ EXAMPLES = r"""
     values:
       HYHOME_DOMAIN: lab.example.org
       GATEWAY_HTTPS_PORT: 443
+
+- name: A Kafka KRaft stack whose cluster id nobody has to choose
+  hyhome.bootstrap.env_file:
+    project_dir: /srv/platform
+    values:
+      KAFKA_CONTROLLER_QUORUM_VOTERS: 1@kafka:9093
+    generated:
+      KAFKA_CLUSTER_ID: kafka-cluster-id
 
 - name: Preview the changed keys only
   hyhome.bootstrap.env_file:
@@ -137,6 +168,12 @@ removed:
   returned: always
   type: list
   elements: str
+generated:
+  description: Names of the identifiers generated by this run (would be, in check mode); kept ones are not listed.
+  returned: always
+  type: list
+  elements: str
+  sample: [KAFKA_CLUSTER_ID]
 mode_changed:
   description: Whether the file mode or owner was (or would be) fixed.
   returned: always
@@ -160,19 +197,21 @@ from ansible.module_utils.basic import AnsibleModule  # noqa: E402 - after the d
 from ansible_collections.hyhome.bootstrap.plugins.module_utils import env_file as core  # noqa: E402
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyHomeError  # noqa: E402
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.fileops import parse_mode, resolve_owner  # noqa: E402
+from ansible_collections.hyhome.bootstrap.plugins.module_utils.project_options import project_argspec  # noqa: E402
 
 
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
-            "project_dir": {"type": "path", "required": True},
-            "dest": {"type": "path", "default": ".env"},
+            **project_argspec(),
+            "dest": {"type": "path"},
             "example": {"type": "path", "default": ".env.example"},
             "require_example": {"type": "bool", "default": False},
             "values": {"type": "dict", "default": {}},
+            "generated": {"type": "dict", "default": {}},
+            "allow_empty": {"type": "list", "elements": "str", "default": []},
             "allow_keys": {"type": "list", "elements": "str", "default": []},
             "check_compose": {"type": "bool", "default": True},
-            "compose_files": {"type": "list", "elements": "str", "default": []},
             "required": {"type": "list", "elements": "str", "default": []},
             "header": {"type": "bool", "default": True},
             "mode": {"type": "raw", "default": "0640"},
@@ -191,11 +230,13 @@ def main() -> None:
         uid, gid = resolve_owner(p["owner"], p["group"])
         refs, warnings = [], []
         if p["check_compose"]:
-            refs, warnings = core.compose_env_refs(p["project_dir"], p["compose_files"] or None)
+            refs, warnings = core.compose_env_refs(p["project_dir"], p["files"] or None)
         refs = list(refs) + core.required_refs(p["required"])
-        plan = core.plan(p["project_dir"], p["values"], dest=p["dest"], example=p["example"], env_refs=refs,
+        dest = p["dest"] or p["env_file"] or ".env"
+        plan = core.plan(p["project_dir"], p["values"], dest=dest, example=p["example"], env_refs=refs,
                          allow=tuple(p["allow_keys"]), mode=mode, uid=uid, gid=gid, header=p["header"],
-                         require_example=p["require_example"])
+                         require_example=p["require_example"], generated=p["generated"],
+                         allow_empty=p["allow_empty"])
         if plan.changed_any and not module.check_mode:
             core.apply(plan)
     except HyHomeError as e:
@@ -209,6 +250,7 @@ def main() -> None:
         "added": plan.added,
         "changed_keys": plan.changed,
         "removed": plan.removed,
+        "generated": plan.generated,
         "mode_changed": plan.mode_changed or plan.owner_changed,
         "warnings_list": warnings + plan.warnings,
         # Check mode writes nothing, so later steps' `docker compose config` would not see the new values:

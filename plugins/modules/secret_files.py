@@ -15,11 +15,17 @@ description:
     per secret the kind, length/charset, owner/group/mode, consumers, and whether a person must provide it.
   - Generates missing values from the OS CSPRNG; never overwrites an existing non-empty value (an empty
     file, or the empty directory Docker creates for a missing file, counts as missing).
-  - "Kinds: C(password), C(hex), C(base64), C(token) (urlsafe), C(uuid), C(htpasswd) (derived from another
+  - "Kinds: C(password), C(hex), C(base64), C(token) (urlsafe), C(uuid), C(username) (a readable account name,
+    C(hyhome_) and a pronounceable random word with two digits), C(htpasswd) (derived from another
     secret; bcrypt, apr1 or sha512_crypt; verified, never re-hashed while it still matches), C(rsa) and
     C(ed25519) private keys (PEM PKCS#8, public key written alongside as C(<file>.pub)), C(fernet) and
     C(provided) (only a person can supply it: when missing, the module fails before writing anything and
     lists each one with the file to put it in; an optional provided secret gets a placeholder instead)."
+  - "Without a registry C(kind), the name may say it: names with C(webhook), C(smtp), OAuth/OIDC client
+    credentials, credentials of named outside services (C(github_client_secret), C(cloudflare_api_token)) and
+    C(*_api_key) are C(provided) and optional (a marked placeholder, a warning on every run naming the file
+    and who reads it, listed in RV(provided_pending)); names ending in C(_user), C(_username), C(_root_user)
+    or C(_login) are C(username). Other names get O(default_kind). A registry C(kind) always wins."
   - Rotation is explicit (O(rotate)); the old value is kept in C(<secrets_dir>/.history/<file>/) (mode 0400,
     timestamped) and the result lists the services that read it so they can be recreated.
   - Persistent secrets (default) have the value in use recorded in the history, so a deleted file is
@@ -27,6 +33,10 @@ description:
   - Owner and mode make the file readable by exactly the consuming containers' users (Compose bind-mounts
     file secrets with the host file's owner and mode). One reader identity gives mode 0400 owned by it;
     consumers running as different users share a group and mode 0440, and the result says so.
+  - "The uid:gid a consumer runs as comes from the shared identity resolver, first answer wins: O(overrides)
+    for the service; a numeric C(user:); C(user:) by name in the image's C(/etc/passwd); the image's configured
+    user when the image is on the engine; the built-in table of well-known images (extended by
+    O(image_users)). When nothing answers, the run warns with the fix and O(default_owner) is used."
   - Writes are atomic (temporary file in the same directory, fsync, rename, fsync of the directory).
 author:
   - Hy-Home Bootstrap maintainers
@@ -35,6 +45,8 @@ requirements:
   - C(passlib) (the C(libpass) fork) for C(htpasswd) with apr1 and sha512_crypt; bcrypt uses passlib with the
     C(bcrypt) package, or the system crypt(3) when that backend is missing.
   - Docker Compose v2 on the managed host when O(project_dir) is given and O(derive_from_compose=true).
+  - The Docker engine, with the Python C(docker) SDK or the C(docker) CLI, to read an image's configured user;
+    without the image, the built-in table and O(image_users) answer.
 attributes:
   check_mode:
     support: full
@@ -46,27 +58,21 @@ attributes:
   idempotent:
     support: full
     description: A second run with the same inputs reports C(changed=false); salted hashes are verified, not re-made.
+extends_documentation_fragment:
+  - hyhome.bootstrap.project
 options:
   project_dir:
     description:
       - Directory of the Compose project. Its model gives the secrets and their consumers.
       - Omit it to manage registry entries with a C(file) only.
+      - Its C(.hyhome/) state directory keeps the run's project context (see RV(project_context)).
     type: path
+    required: false
   secrets_dir:
     description:
       - The secrets tree. Every secret file must be inside it (no C(../), no symlink pointing out).
       - Defaults to C(<project_dir>/secrets).
     type: path
-  compose_files:
-    description: Compose files relative to O(project_dir), instead of Compose's own lookup.
-    type: list
-    elements: str
-    default: []
-  profiles:
-    description: Compose profiles to activate (C(["*"]) for all), so secrets of profiled services count.
-    type: list
-    elements: str
-    default: ["*"]
   derive_from_compose:
     description: Read the Compose project at all. With V(false) only registry entries with a C(file) are managed.
     type: bool
@@ -96,7 +102,7 @@ options:
     description: Kind of a secret the registry does not describe.
     type: str
     default: password
-    choices: [password, hex, base64, token, uuid, rsa, ed25519, fernet, provided]
+    choices: [password, hex, base64, token, uuid, username, rsa, ed25519, fernet, provided]
   persistent_default:
     description:
       - Whether secrets are persistent unless the registry says otherwise. A persistent secret whose file
@@ -104,13 +110,29 @@ options:
     type: bool
     default: true
   default_owner:
-    description: Owner (name or uid) for secrets whose consumers declare no C(user:) (the image's user is unknown).
+    description: >-
+      Owner (name or uid) of secrets no service reads, and of those whose consumer's user nothing resolves
+      (see O(overrides) and O(image_users)).
     type: raw
     default: 0
   default_group:
-    description: Group (name or gid) in the same case.
+    description: Group (name or gid) in the same cases.
     type: raw
     default: 0
+  overrides:
+    description:
+      - The uid:gid a service runs as, by service name, when nothing else says it right. Values are dicts with
+        C(owner) and C(group) (names resolved on the managed host, or numbers) or C("uid[:gid]").
+      - The same table as the C(overrides) of M(hyhome.bootstrap.data_dirs); keys containing C(/) (path
+        overrides) are ignored here.
+    type: dict
+    default: {}
+  image_users:
+    description:
+      - C("uid[:gid]") per image repository (C(myorg/worker), C(grafana/loki)), on top of the built-in table of
+        well-known images. The same table as the C(image_users) of M(hyhome.bootstrap.data_dirs).
+    type: dict
+    default: {}
   shared_group:
     description: >-
       Group (name or gid) that consumers running as different users share, when their C(user:) gives none in common.
@@ -164,6 +186,15 @@ EXAMPLES = r"""
       slack_webhook: {kind: provided, optional: true}
   register: secrets_result
 
+- name: Own each file by the user its consumer's image runs as, with the inventory's identity tables
+  hyhome.bootstrap.secret_files:
+    project_dir: /srv/hyhome
+    image_users:
+      myorg/worker: "1500:1500"
+    overrides:
+      legacy-app: {owner: 2000, group: 2000}
+  register: secrets_result
+
 - name: Rotate the database password and recreate exactly its consumers
   hyhome.bootstrap.secret_files:
     project_dir: /srv/hyhome
@@ -198,6 +229,16 @@ secrets:
     permissions_fixed: {description: Owner or mode drift was (or would be) corrected., type: bool}
     public_key: {description: Public key file written (keys only, when written)., type: str, returned: when written}
     history: {description: History records written., type: list, elements: str, returned: when written}
+    readers:
+      description: The consuming services with the uid and gid each runs as and where that came from
+        (override, user, image-config, image-table, unresolved).
+      type: list
+      elements: dict
+      returned: when the secret has consumers in the project
+    kind_inferred:
+      description: What the name signals, when the kind was inferred from the name (no registry C(kind)).
+      type: str
+      returned: when inferred
     notes:
       description: Why, in words (different users sharing a group, restore reasons).
       type: list
@@ -211,6 +252,22 @@ changed_secrets:
   returned: success
   type: list
   elements: str
+provided_pending:
+  description: >-
+    Provided secrets that hold a placeholder (written in this run or earlier) until a person writes the real
+    value; the run also warns about each, every run.
+  returned: success
+  type: list
+  elements: dict
+  contains:
+    name: {description: Secret name., type: str}
+    path: {description: The file to write the value to., type: str}
+    consumers: {description: Services that read it (and fail until it is supplied)., type: list, elements: str}
+    hint: {description: What the value is and where it comes from., type: str}
+    inferred: {description: The kind C(provided) was inferred from the name., type: bool}
+  sample:
+    - {name: slack_webhook, path: /srv/hyhome/secrets/slack_webhook, consumers: [alertmanager],
+       hint: "a webhook URL issued by the receiving service (Slack, Discord, Teams, ...)", inferred: true}
 rotated:
   description: Names rotated in this run.
   returned: success
@@ -242,6 +299,13 @@ secrets_dir:
   description: The secrets tree.
   returned: success
   type: str
+project_context:
+  description:
+    - Whether this call reused the run's project context (V(hit)) or ran C(docker compose config) (V(miss)),
+      and a short form of the context key. Counting V(miss) over a run counts the computations.
+  returned: when the compose project was read
+  type: dict
+  sample: {cache: hit, key: 3f2a9c01b7de}
 """
 
 import os  # noqa: E402 - after the docs, as Ansible expects
@@ -249,6 +313,10 @@ import os  # noqa: E402 - after the docs, as Ansible expects
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible_collections.hyhome.bootstrap.plugins.module_utils import secrets as core  # noqa: E402
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyHomeError  # noqa: E402
+from ansible_collections.hyhome.bootstrap.plugins.module_utils.project_options import (  # noqa: E402
+    context_result,
+    project_argspec,
+)
 
 STORE_ACTIONS = ("generated", "restored", "rotated", "rolled-back", "rederived")
 
@@ -272,10 +340,26 @@ def _load_registry_file(path):
     return data
 
 
-def _load_project(p):
-    from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_model import load_project
+def _load_project(p, check_mode):
+    from ansible_collections.hyhome.bootstrap.plugins.module_utils.project_options import load
 
-    return load_project(p["project_dir"], files=p["compose_files"] or None, profiles=p["profiles"] or None)
+    return load(p, check_mode)
+
+
+def _error_line(text):
+    """Compose's error line, not the warnings printed before it."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    return next((line for line in lines if "level=warning" not in line), lines[0] if lines else text)
+
+
+def _identities(p, project):
+    """The shared identity resolver; it asks the engine about images only when a project is read."""
+    from ansible_collections.hyhome.bootstrap.plugins.module_utils.identity import DockerImages, IdentityResolver
+
+    if project is None:
+        return core.offline_resolver()
+    images = DockerImages(docker_cli=p.get("docker_cli") or "docker")
+    return IdentityResolver(overrides=p["overrides"], image_users=p["image_users"], images=images)
 
 
 def run(module):
@@ -286,10 +370,10 @@ def run(module):
     project = None
     warnings = []
     if p["project_dir"] and p["derive_from_compose"]:
-        project = _load_project(p)
+        project = _load_project(p, module.check_mode)
         if project.config_error:
             warnings.append("docker compose config failed, secrets were read from the raw compose files: "
-                            + project.config_error.splitlines()[0])
+                            + _error_line(project.config_error))
     registry_file = p["registry_file"]
     if registry_file is None and p["project_dir"]:
         registry_file = os.path.join(p["project_dir"], "hyhome-secrets.yml")
@@ -301,7 +385,8 @@ def run(module):
                              p["exclude"])
     plan = core.plan(specs, secrets_dir, project, rotate=p["rotate"], restore=p["restore"], seed=p["seed"],
                      default_owner=p["default_owner"], default_group=p["default_group"],
-                     shared_group=p["shared_group"], manage_dir_modes=p["manage_dir_modes"])
+                     shared_group=p["shared_group"], manage_dir_modes=p["manage_dir_modes"],
+                     identities=_identities(p, project))
     excluded = core.excluded_secrets(project, secrets_dir, p["exclude"])
     if plan.changed and not module.check_mode:
         core.apply(plan)
@@ -311,6 +396,7 @@ def run(module):
         "secrets": plan.results(),
         "changed_secrets": [i.spec.name for i in plan.items if i.changed],
         "rotated": [i.spec.name for i in plan.items if i.action == "rotated"],
+        "provided_pending": plan.provided_pending(),
         "recreate_services": plan.recreate_services(),
         "store_paths": {i.spec.name: i.spec.path for i in plan.items
                         if (i.action in STORE_ACTIONS or i.spec.name not in p["seed"])
@@ -318,6 +404,8 @@ def run(module):
         "unused_registry": [n for n in core.unused_registry_entries(specs, registry) if n not in excluded],
         "excluded": excluded,
     }
+    if project is not None:
+        result["project_context"] = context_result(project)
     if module._diff:
         result["diff"] = plan.diff()
     for w in warnings + plan.warnings:
@@ -328,20 +416,20 @@ def run(module):
 def main():
     module = AnsibleModule(
         argument_spec={
-            "project_dir": {"type": "path"},
+            **project_argspec(project_dir_required=False),
             "secrets_dir": {"type": "path"},
-            "compose_files": {"type": "list", "elements": "str", "default": []},
-            "profiles": {"type": "list", "elements": "str", "default": ["*"]},
             "derive_from_compose": {"type": "bool", "default": True},
             "registry": {"type": "dict", "default": {}},
             "registry_file": {"type": "path"},
             "default_kind": {"type": "str", "default": "password",
-                             "choices": ["password", "hex", "base64", "token", "uuid", "rsa", "ed25519", "fernet",
-                                         "provided"]},
+                             "choices": ["password", "hex", "base64", "token", "uuid", "username", "rsa", "ed25519",
+                                         "fernet", "provided"]},
             "persistent_default": {"type": "bool", "default": True},
             "default_owner": {"type": "raw", "default": 0},
             "default_group": {"type": "raw", "default": 0},
             "shared_group": {"type": "raw"},
+            "overrides": {"type": "dict", "default": {}},
+            "image_users": {"type": "dict", "default": {}},
             "rotate": {"type": "list", "elements": "str", "default": []},
             "restore": {"type": "list", "elements": "str", "default": []},
             "seed": {"type": "dict", "default": {}, "no_log": True},

@@ -39,26 +39,12 @@ attributes:
   idempotent:
     support: full
     description: Never changes anything.
+extends_documentation_fragment:
+  - hyhome.bootstrap.project
 options:
-  project_dir:
-    description: Directory of the Compose project.
-    type: path
-    required: true
   project_name:
     description: Compose project name. Default is the name Compose derives.
     type: str
-  files:
-    description: Compose files, relative to O(project_dir). Default is Compose's own lookup.
-    type: list
-    elements: path
-  env_file:
-    description: Alternative env file for interpolation.
-    type: path
-  profiles:
-    description: Profiles to activate.
-    type: list
-    elements: str
-    default: []
   checks:
     description: Which checks to run.
     type: list
@@ -125,15 +111,19 @@ EXAMPLES = r"""
 
 RETURN = r"""
 findings:
-  description: Every finding (check, rule, severity, message, service, container, accepted reason).
+  description:
+    - Every finding, in the vocabulary preflight and validate share (severity C(error), C(warning) or C(info);
+      rule; message; service; subject; file; line; hint; accepted; fixed_by).
+    - The rule says which check found it (C(health), C(security-*), C(tls), C(memory-ceiling)); the subject is the
+      container. C(accepted) holds the written reason of an C(x-hyhome.exceptions) entry, else null.
   returned: always
   type: list
   elements: dict
 summary:
-  description: Counts of errors, warnings, accepted findings and passed checks.
+  description: Counts per severity, not counting accepted findings, and the number of accepted ones.
   returned: always
   type: dict
-  sample: {errors: 0, warnings: 1, accepted: 2, passed: 14}
+  sample: {error: 0, warning: 1, info: 14, accepted: 2}
 table:
   description: The findings as a human table, errors first.
   returned: always
@@ -147,6 +137,13 @@ tls:
   returned: when the tls check ran
   type: list
   elements: dict
+project_context:
+  description:
+    - Whether this call reused the run's project context (V(hit)) or ran C(docker compose config) (V(miss)),
+      and a short form of the context key. Counting V(miss) over a run counts the computations.
+  returned: when the project was read
+  type: dict
+  sample: {cache: hit, key: 3f2a9c01b7de}
 """
 
 import os  # noqa: E402
@@ -156,15 +153,20 @@ from dataclasses import asdict  # noqa: E402
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402 - after the documentation, as Ansible expects
 from ansible_collections.hyhome.bootstrap.plugins.module_utils import compose_up as cu  # noqa: E402
 from ansible_collections.hyhome.bootstrap.plugins.module_utils import stack_verify as sv  # noqa: E402
-from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_model import load_project  # noqa: E402
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyHomeError  # noqa: E402
+from ansible_collections.hyhome.bootstrap.plugins.module_utils.findings import summarize  # noqa: E402
+from ansible_collections.hyhome.bootstrap.plugins.module_utils.project_options import (  # noqa: E402
+    context_result,
+    load,
+    project_argspec,
+)
 
 
-def run(p: dict) -> dict:
-    if not shutil.which("docker"):
-        raise HyHomeError("docker is not installed: there is no running stack to verify", not_running=True,
-                          project=p["project_name"] or "")
-    project = load_project(p["project_dir"], files=p["files"], env_file=p["env_file"], profiles=p["profiles"])
+def run(p: dict, check_mode: bool = False) -> dict:
+    if not shutil.which(p["docker_cli"]):
+        raise HyHomeError(f"{p['docker_cli']} is not installed: there is no running stack to verify",
+                          not_running=True, project=p["project_name"] or "")
+    project = load(p, check_mode)
     if project.config_error:
         raise HyHomeError(f"docker compose rejects the project in {p['project_dir']}:\n{project.config_error}")
     if p["project_name"]:
@@ -180,7 +182,7 @@ def run(p: dict) -> dict:
         raise HyHomeError(f"cannot reach the Docker engine: {exc}", not_running=True, project=project.name) from exc
 
     checks = set(p["checks"])
-    result: dict = {"changed": False, "project": project.name}
+    result: dict = {"changed": False, "project": project.name, "project_context": context_result(project)}
 
     def fetch():
         return cu.by_service(sv.collect(client, project.name, want_stats=False)[0])
@@ -216,9 +218,9 @@ def run(p: dict) -> dict:
             probes.append(sv.probe_tls(host, port, name, ca, timeout=float(p["tls_timeout"])))
         findings += sv.check_tls(probes)
         result["tls"] = [asdict(x) for x in probes]
-    sv.apply_exceptions(findings, sv.declared_exceptions(project))
-    result["findings"] = sv.findings_as_dicts(findings)
-    result["summary"] = sv.summarize(findings)
+    findings = sv.sort_findings(sv.apply_exceptions(findings, sv.declared_exceptions(project)))
+    result["findings"] = [f.as_dict(project.working_dir) for f in findings]
+    result["summary"] = summarize(findings)
     result["table"] = sv.render_table(findings)
     return result
 
@@ -226,11 +228,8 @@ def run(p: dict) -> dict:
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            project_dir=dict(type="path", required=True),
+            **project_argspec(),
             project_name=dict(type="str"),
-            files=dict(type="list", elements="path"),
-            env_file=dict(type="path"),
-            profiles=dict(type="list", elements="str", default=[]),
             checks=dict(type="list", elements="str", choices=list(sv.CHECKS), default=list(sv.CHECKS)),
             settle_timeout=dict(type="int", default=60),
             tls_endpoints=dict(type="list", elements="dict", default=[]),
@@ -245,21 +244,21 @@ def main():
         supports_check_mode=True,
     )
     try:
-        result = run(module.params)
+        result = run(module.params, module.check_mode)
     except HyHomeError as e:
         if module.check_mode and e.details.get("not_running"):
             # --check on a host where the stack is not up yet: the bring-up was only simulated.
             module.warn(f"{e.msg}; nothing to verify in check mode")
             module.exit_json(changed=False, project=e.details.get("project"), findings=[], table="",
-                             summary={"errors": 0, "warnings": 0, "accepted": 0, "passed": 0})
+                             summary=summarize([]))
         module.fail_json(msg=e.msg)
     s = result["summary"]
     fail_on = module.params["fail_on"]
-    if (fail_on in ("error", "warning") and s["errors"]) or (fail_on == "warning" and s["warnings"]):
+    if (fail_on in ("error", "warning") and s["error"]) or (fail_on == "warning" and s["warning"]):
         blocking = [f for f in result["findings"] if not f["accepted"] and
                     (f["severity"] == "error" or (fail_on == "warning" and f["severity"] == "warning"))]
-        lines = [f"{f['check']} {f['service'] or '-'}: {f['message']}" for f in blocking]
-        module.fail_json(msg=f"stack verification failed: {s['errors']} error(s), {s['warnings']} warning(s)\n"
+        lines = [f"{f['rule']} {f['service'] or '-'}: {f['message']}" for f in blocking]
+        module.fail_json(msg=f"stack verification failed: {s['error']} error(s), {s['warning']} warning(s)\n"
                          + "\n".join(lines), **result)
     module.exit_json(**result)
 

@@ -31,6 +31,12 @@ options:
     type: list
     elements: str
     required: true
+  add_host_addresses:
+    description:
+      - Add the default IPv4 and IPv6 addresses of the host the module runs on to O(names) (what Ansible's
+        C(default_ipv4) and C(default_ipv6) facts report), so no facts need to be gathered.
+    type: bool
+    default: false
   ca_path:
     description:
       - The CA directory holding C(rootCA.pem) and C(rootCA-key.pem) (see M(hyhome.bootstrap.local_ca)).
@@ -233,211 +239,16 @@ ca_not_after:
 """
 
 # Ansible modules put their imports after the documentation strings.
-import datetime as dt  # noqa: E402
-import os  # noqa: E402
-
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib  # noqa: E402
-from ansible_collections.hyhome.bootstrap.plugins.module_utils import tls  # noqa: E402
+from ansible_collections.hyhome.bootstrap.plugins.module_utils import hostinfo, tls, tls_files  # noqa: E402
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyHomeError  # noqa: E402
-from ansible_collections.hyhome.bootstrap.plugins.module_utils.fileops import (  # noqa: E402
-    atomic_write,
-    parse_mode,
-    read_bytes,
-    refuse_dangerous,
-    remove_stale_temps,
-    resolve_owner,
-)
-
-
-def _within(parent, path):
-    parent = os.path.realpath(parent)
-    path = os.path.realpath(path)
-    return path == parent or path.startswith(parent.rstrip("/") + "/")
-
-
-class LeafCertificate:
-    """Desired state of the leaf files, computed first; ``apply`` writes only what differs."""
-
-    def __init__(self, module):
-        self.module = module
-        p = module.params
-        self.ca_dir = os.path.abspath(os.path.expanduser(p["ca_path"] or tls.default_ca_dir()))
-        certs_dir = p["certs_dir"]
-        if not certs_dir and p["project_dir"]:
-            certs_dir = os.path.join(p["project_dir"], "secrets", "certs")
-        if not certs_dir and not (p["cert_path"] and p["key_path"]):
-            raise HyHomeError("give project_dir (or certs_dir, or both cert_path and key_path) to say where to write")
-        self.cert_path = os.path.abspath(p["cert_path"] or os.path.join(certs_dir, "cert.pem"))
-        self.key_path = os.path.abspath(p["key_path"] or os.path.join(certs_dir, "key.pem"))
-        if p["ca_copy_path"] == "":
-            self.ca_copy_path = None
-        else:
-            self.ca_copy_path = os.path.abspath(p["ca_copy_path"] or os.path.join(certs_dir or os.path.dirname(
-                self.cert_path), tls.CA_CERT_FILE))
-        for path, what in ((self.cert_path, "certificate path"), (self.key_path, "key path"),
-                           (self.ca_copy_path, "CA copy path")):
-            if path:
-                refuse_dangerous(path, what)
-                refuse_dangerous(os.path.dirname(path), f"directory of the {what}")
-        if p["project_dir"] and _within(p["project_dir"], self.ca_dir):
-            raise HyHomeError(
-                f"the CA directory {self.ca_dir} is inside the project {p['project_dir']}: keep the CA key outside "
-                "the compose project so it can never be mounted into a container"
-            )
-        if self.key_path in (self.cert_path, self.ca_copy_path):
-            raise HyHomeError("key_path must differ from cert_path and ca_copy_path")
-        self.key_mode = parse_mode(p["mode"], "mode")
-        self.cert_mode = parse_mode(p["cert_mode"], "cert_mode")
-        self.uid, self.gid = resolve_owner(p["owner"], p["group"])
-        self.profile = tls.LeafProfile.from_names(
-            p["names"],
-            key_type=p["key_type"],
-            rsa_bits=p["rsa_bits"],
-            validity_days=p["validity_days"],
-            allow_long_validity=p["allow_long_validity"],
-            client_auth=p["client_auth"],
-            renew_before_days=p["renew_before_days"],
-            organization=p["organization"],
-            organizational_unit=p["organizational_unit"] or "",
-        )
-        self.changed = False
-        self.diff = {"before": "", "after": ""}
-
-    def load_ca(self):
-        cert_file = os.path.join(self.ca_dir, tls.CA_CERT_FILE)
-        key_file = os.path.join(self.ca_dir, tls.CA_KEY_FILE)
-        cert_pem = read_bytes(cert_file, "the CA certificate")
-        if cert_pem is None:
-            raise HyHomeError(f"no CA certificate at {cert_file}: create the CA first (hyhome.bootstrap.local_ca)")
-        key_pem = read_bytes(key_file, "the CA key")
-        if key_pem is None:
-            raise HyHomeError(f"no CA key at {key_file}: the CA in {self.ca_dir} is incomplete")
-        ca_cert = tls.load_cert(cert_pem, f"the CA certificate {cert_file}")
-        ca_key = tls.load_key(key_pem, f"the CA key {key_file}")
-        tls.check_ca_pair(ca_cert, ca_key)
-        return ca_cert, ca_key, cert_pem
-
-    def _would_create_ca(self):
-        """Check mode on a new machine: the CA task before this one only pretended to create the CA."""
-        reason = tls.Reason("ca_missing", f"the CA in {self.ca_dir} does not exist yet; it would be created first")
-        self.changed = True
-        return {
-            "issued": True, "kept": False, "new_key": True, "reasons": [str(reason)], "reason_codes": [reason.code],
-            "cert_path": self.cert_path, "key_path": self.key_path, "ca_copy_path": self.ca_copy_path,
-            "ca_fingerprint_sha256": None, "ca_not_after": None,
-        }
-
-    def run(self):
-        p = self.module.params
-        if self.module.check_mode and not os.path.exists(os.path.join(self.ca_dir, tls.CA_CERT_FILE)):
-            return self._would_create_ca()
-        ca_cert, ca_key, ca_pem = self.load_ca()
-        tls.check_name_constraints(self.profile.sans, ca_cert)
-        cert_pem = read_bytes(self.cert_path, "the certificate")
-        key_pem = read_bytes(self.key_path, "the private key")
-        reasons = tls.leaf_reasons(self.profile, cert_pem, key_pem, ca_cert)
-        if p["regenerate"] == "always" and not any(r.code in ("cert_missing",) for r in reasons):
-            reasons.append(tls.Reason("always", "regenerate=always"))
-        exists = cert_pem is not None or key_pem is not None
-        issue = bool(reasons)
-        kept = False
-        if issue and exists and p["regenerate"] == "never":
-            issue, kept = False, True
-            self.module.warn("certificate kept (regenerate=never) although: " + "; ".join(map(str, reasons)))
-        if issue and exists and p["regenerate"] == "fail":
-            raise HyHomeError("the certificate would be re-issued (regenerate=fail): " + "; ".join(map(str, reasons)))
-        codes = {r.code for r in reasons}
-        new_key = issue and (not p["reuse_key"] or bool(codes & tls.KEY_REASONS))
-        result = {
-            "issued": issue, "kept": kept, "new_key": new_key,
-            "reasons": [str(r) for r in reasons], "reason_codes": [r.code for r in reasons],
-            "cert_path": self.cert_path, "key_path": self.key_path, "ca_copy_path": self.ca_copy_path,
-            "ca_fingerprint_sha256": tls.cert_fingerprint(ca_cert),
-            "ca_not_after": ca_cert.not_valid_after_utc.isoformat(),
-        }
-        before = None
-        if cert_pem is not None and "cert_unparsable" not in codes:
-            before = tls.cert_summary(tls.load_cert(cert_pem))
-        current = after = before
-        if issue:
-            key = tls.generate_key(self.profile.key_type, self.profile.rsa_bits) if new_key else None
-            key = key or tls.load_key(key_pem)
-            cert = tls.issue_leaf(self.profile, key, ca_cert, ca_key)
-            after = tls.cert_summary(cert)
-            self.changed = True
-            if not self.module.check_mode:
-                self._write(cert, key if new_key else None)
-                current = after
-        if self.ca_copy_path:
-            self._ca_copy(ca_pem)
-        if not self.module.check_mode or not issue:
-            self._fix_attrs(self.key_path, self.key_mode)
-            self._fix_attrs(self.cert_path, self.cert_mode)
-        if current is not None:
-            for k in ("not_before", "not_after", "serial", "sans", "fingerprint_sha256",
-                      "public_key_fingerprint_sha256"):
-                result[k] = current[k]
-        if self.module._diff:
-            self.diff["before"] = _describe(before, key_pem is not None)
-            self.diff["after"] = _describe(after, True)
-            result["diff"] = self.diff
-        warning = tls.ca_warning(tls.ca_status(ca_cert))
-        if warning:
-            self.module.warn(warning)
-        if after is not None and ca_cert.not_valid_after_utc < dt.datetime.fromisoformat(after["not_after"]):
-            self.module.warn("the CA expires before this certificate: clients stop trusting it when the CA expires")
-        return result
-
-    def _write(self, cert, key):
-        for path in {os.path.dirname(self.cert_path), os.path.dirname(self.key_path)}:
-            os.makedirs(path, mode=0o755, exist_ok=True)
-        remove_stale_temps(os.path.dirname(self.key_path), os.path.basename(self.key_path))
-        remove_stale_temps(os.path.dirname(self.cert_path), os.path.basename(self.cert_path))
-        # Key before certificate: a crash in between leaves a mismatch the next run repairs.
-        if key is not None:
-            atomic_write(self.key_path, tls.key_to_pem(key), mode=self.key_mode, uid=self.uid, gid=self.gid)
-        atomic_write(self.cert_path, tls.cert_to_pem(cert), mode=self.cert_mode, uid=self.uid, gid=self.gid)
-
-    def _ca_copy(self, ca_pem):
-        have = read_bytes(self.ca_copy_path, "the CA copy")
-        if have != ca_pem:
-            self.changed = True
-            if not self.module.check_mode:
-                os.makedirs(os.path.dirname(self.ca_copy_path), mode=0o755, exist_ok=True)
-                atomic_write(self.ca_copy_path, ca_pem, mode=self.cert_mode, uid=self.uid, gid=self.gid)
-            return
-        self._fix_attrs(self.ca_copy_path, self.cert_mode)
-
-    def _fix_attrs(self, path, mode):
-        """Owner/mode drift is fixed apart from content drift (as community.crypto does)."""
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            return
-        want_uid = st.st_uid if self.uid == -1 else self.uid
-        want_gid = st.st_gid if self.gid == -1 else self.gid
-        if (st.st_uid, st.st_gid) != (want_uid, want_gid):
-            self.changed = True
-            if not self.module.check_mode:
-                os.chown(path, want_uid, want_gid)
-        if st.st_mode & 0o7777 != mode:
-            self.changed = True
-            if not self.module.check_mode:
-                os.chmod(path, mode)
-
-
-def _describe(summary, key_present):
-    if summary is None:
-        return "(no certificate)\n" if not key_present else "(no valid certificate)\n"
-    return "".join(f"{k}: {summary[k]}\n" for k in (
-        "sans", "subject", "issuer", "serial", "not_before", "not_after", "key", "fingerprint_sha256",
-        "public_key_fingerprint_sha256"))
 
 
 def main():
     module = AnsibleModule(
         argument_spec=dict(
             names=dict(type="list", elements="str", required=True),
+            add_host_addresses=dict(type="bool", default=False),
             ca_path=dict(type="path"),
             project_dir=dict(type="path"),
             certs_dir=dict(type="path"),
@@ -464,11 +275,17 @@ def main():
     if not tls.HAS_CRYPTOGRAPHY:
         module.fail_json(msg=missing_required_lib("cryptography"), exception=str(tls.CRYPTOGRAPHY_IMPORT_ERROR))
     try:
-        leaf = LeafCertificate(module)
-        result = leaf.run()
+        if module.params["add_host_addresses"]:
+            module.params["names"] = hostinfo.with_host_addresses(module.params["names"])
+        request = tls_files.LeafRequest.from_options(module.params)
+        outcome = tls_files.ensure_leaf(request, check=module.check_mode, diff=module._diff)
     except HyHomeError as exc:
         module.fail_json(msg=exc.msg)
-    module.exit_json(changed=leaf.changed, **result)
+    for warning in outcome.warnings:
+        module.warn(warning)
+    if module._diff:
+        outcome.result["diff"] = outcome.diff
+    module.exit_json(changed=outcome.changed, **outcome.result)
 
 
 if __name__ == "__main__":

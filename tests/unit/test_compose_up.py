@@ -15,6 +15,7 @@ import pytest
 from ansible_collections.hyhome.bootstrap.plugins.module_utils import compose_up as cu
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_model import (
     Mount,
+    Network,
     Project,
     Secret,
     SecretRef,
@@ -450,18 +451,26 @@ def test_wait_ready_fails_fast_on_init_exit_1(tmp_path):
 class FakeEngine:
     """Just enough engine: compose ``create`` and SDK start update an in-memory container list."""
 
-    def __init__(self, proj, containers=(), hashes=HASHES):
+    def __init__(self, proj, containers=(), hashes=HASHES, engine_networks=("bridge", "host", "none")):
         self.proj = proj
         self.items = {c["Id"]: c for c in containers}
         self.hashes = dict(hashes)
         self.commands = []
         self.started = []
+        self.engine_networks = set(engine_networks)
 
     def containers(self):
         return cu.by_service(self.items.values())
 
     def networks(self):
         return []
+
+    def network_names(self):
+        return set(self.engine_networks)
+
+    def create_network(self, name):
+        self.commands.append(["network", "create", name])
+        self.engine_networks.add(name)
 
     def image_id(self, name):
         return "sha256:img"
@@ -577,6 +586,73 @@ def test_apply_stop_and_absent(tmp_path):
     assert eng.commands == [["down", "--volumes", "--remove-orphans"]]
 
 
+def with_external_networks(proj):
+    """web joins the external network proxy-net (key "front"); every other service the default
+    network, declared external as shared_default; proxy shares web's namespace (no network)."""
+    proj.networks = {"default": Network("default", "shared_default", True),
+                     "front": Network("front", "proxy-net", True),
+                     "back": Network("back", "p_back", False)}
+    proj.services["web"].networks = ["front", "back"]
+    return proj
+
+
+def test_external_networks_of_the_targets_only(tmp_path):
+    proj = with_external_networks(project(tmp_path))
+    assert cu.external_networks(proj, set(proj.services)) == ["proxy-net", "shared_default"]
+    assert cu.external_networks(proj, {"web", "proxy"}) == ["proxy-net"]     # network_mode: no networks
+    proj.networks["default"] = Network("default", "p_default", False)
+    assert cu.external_networks(proj, {"db"}) == []
+
+
+def test_missing_external_networks_are_created_once_and_reported(tmp_path):
+    proj = with_external_networks(project(tmp_path))
+    eng = FakeEngine(proj, engine_networks={"bridge", "shared_default"})
+    check = cu.apply(eng, proj, cu.Options(check_mode=True, diff=True, wait_timeout=5))
+    assert check["networks_created"] == ["proxy-net"] and eng.commands == []
+    assert check["diff"]["before"]["external networks"] == {"proxy-net": "absent", "shared_default": "present"}
+    assert check["diff"]["after"]["external networks"] == {"proxy-net": "present", "shared_default": "present"}
+    first = cu.apply(eng, proj, cu.Options(wait_timeout=5))
+    assert first["changed"] and first["networks_created"] == ["proxy-net"]
+    assert eng.commands[0] == ["network", "create", "proxy-net"]    # before any container is created
+    second = cu.apply(eng, proj, cu.Options(wait_timeout=5, diff=True))
+    assert not second["changed"] and second["networks_created"] == []
+    assert second["diff"]["before"]["external networks"] == second["diff"]["after"]["external networks"]
+
+
+def test_a_created_network_alone_is_a_change(tmp_path):
+    proj = with_external_networks(project(tmp_path))
+    eng = FakeEngine(proj, engine_networks={"shared_default", "proxy-net"})
+    cu.apply(eng, proj, cu.Options(wait_timeout=5))
+    eng.engine_networks.discard("proxy-net")     # removed by hand while the stack stays up
+    eng.commands.clear()
+    check = cu.apply(eng, proj, cu.Options(check_mode=True, wait_timeout=5))
+    assert check["changed"] and check["actions"] == {} and check["networks_created"] == ["proxy-net"]
+    res = cu.apply(eng, proj, cu.Options(wait_timeout=5))
+    assert res["changed"] and res["actions"] == {} and eng.commands == [["network", "create", "proxy-net"]]
+
+
+def test_create_networks_off_fails_naming_the_command(tmp_path):
+    proj = with_external_networks(project(tmp_path))
+    eng = FakeEngine(proj, engine_networks={"bridge"})
+    with pytest.raises(HyHomeError) as err:
+        cu.apply(eng, proj, cu.Options(create_networks=False, check_mode=True))
+    msg = err.value.msg
+    assert "proxy-net, shared_default do not exist" in msg
+    assert "docker network create proxy-net; docker network create shared_default" in msg
+    assert eng.commands == [] and eng.items == {}
+    # nothing missing: no failure, no network work
+    eng.engine_networks |= {"proxy-net", "shared_default"}
+    assert cu.apply(eng, proj, cu.Options(create_networks=False, wait_timeout=5))["networks_created"] == []
+
+
+def test_stop_and_absent_never_create_networks(tmp_path):
+    proj = with_external_networks(project(tmp_path))
+    eng = FakeEngine(proj, engine_networks=set())
+    for state in ("stopped", "absent"):
+        res = cu.apply(eng, proj, cu.Options(state=state, create_networks=False))
+        assert res["networks_created"] == [] and not any(c[0] == "network" for c in eng.commands)
+
+
 # ---------------------------------------------------------------------------------------------
 # Docker-backed: the busybox fixture on the real engine
 # ---------------------------------------------------------------------------------------------
@@ -668,6 +744,31 @@ def test_docker_init_exit_1_fails(live):
     msg = err.value.msg
     assert "init" in msg and "exited with code 1" in msg
     assert "cannot create role app" in msg   # its last log lines
+
+
+@pytest.mark.docker
+def test_docker_missing_external_network_is_created_then_left_alone(live):
+    net = f"{live.name}-edge"
+    (live.dir / "edge.yml").write_text(
+        "services:\n  worker:\n    networks: [edge]\n"
+        f"networks:\n  edge:\n    external: true\n    name: {net}\n")
+    files = ["docker-compose.yml", "edge.yml"]
+    try:
+        check = live(files=files, check_mode=True)
+        assert check["networks_created"] == [net] and check["changed"]
+        assert subprocess.run(["docker", "network", "inspect", net], capture_output=True, check=False).returncode
+        first = live(files=files)
+        assert first["networks_created"] == [net] and first["services"]["worker"]["status"] == "running (healthy)"
+        labels = subprocess.run(["docker", "network", "inspect", "-f", "{{json .Labels}}", net],
+                                capture_output=True, text=True, check=True).stdout
+        assert json.loads(labels) == {cu.CREATED_BY_LABEL: "compose_project"}
+        second = live(files=files)
+        assert not second["changed"] and second["networks_created"] == []
+    finally:
+        subprocess.run(["docker", "compose", "--project-directory", str(live.dir), "-p", live.name,
+                        "-f", "docker-compose.yml", "-f", "edge.yml", "down", "-t", "1"],
+                       capture_output=True, check=False, cwd=live.dir)
+        subprocess.run(["docker", "network", "rm", net], capture_output=True, check=False)
 
 
 def test_prepare_images_builds_first_and_never_pulls_a_built_image(tmp_path):

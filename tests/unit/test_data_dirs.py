@@ -167,179 +167,16 @@ def test_file_kind_detection(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Image references and the built-in table
+# Option values
 
 
-@pytest.mark.parametrize("image,repo", [
-    ("postgres", "postgres"),
-    ("postgres:16-alpine", "postgres"),
-    ("library/postgres:16", "postgres"),
-    ("docker.io/library/postgres@sha256:" + "a" * 64, "postgres"),
-    ("registry.local:5000/grafana/loki:3.0", "grafana/loki"),
-    ("localhost/app:1", "app"),
-    ("quay.io/keycloak/keycloak:25.0", "keycloak/keycloak"),
-])
-def test_image_repository(image, repo):
-    assert dd.image_repository(image) == repo
-
-
-@pytest.mark.parametrize("image,expected", [
-    ("postgres:16", "999:999"),
-    ("docker.io/library/postgres:16", "999:999"),
-    ("mirror.example:5000/dockerhub/library/postgres:16", "999:999"),
-    ("grafana/grafana:11.0.0", "472:0"),
-    ("docker.io/grafana/grafana", "472:0"),
-    ("grafana/loki:3.0.0", "10001:10001"),
-    ("grafana/tempo", "10001:10001"),
-    ("prom/prometheus:v2.53.0", "65534:65534"),
-    ("prom/alertmanager", "65534:65534"),
-    ("opensearchproject/opensearch:2", "1000:1000"),
-    ("quay.io/keycloak/keycloak:25.0", "1000:0"),
-    ("redis:7-alpine", "999:999"),
-    ("valkey/valkey:8", "999:999"),
-    ("bitnami/postgresql:16", None),     # bitnami runs as 1001: its Config.User says so, not the table
-    ("someone/postgres", None),          # a single name matches only the official image
-    ("hyhome/busybox:local", None),
-])
-def test_table_lookup(image, expected):
-    hit = dd.table_lookup(image, dd.DEFAULT_IMAGE_USERS)
-    assert (hit[1] if hit else None) == expected
-
-
-def test_parse_passwd_and_group_ignore_bad_lines():
-    assert dd.parse_passwd("root:x:0:0::/:/bin/sh\n# comment\nbad:x:y:0\napp:x:1000:100::/:\n\n") == {
-        "root": (0, 0), "app": (1000, 100)}
-    assert dd.parse_group("root:x:0:\nwheel:x:10:app\nbroken\n") == {"root": 0, "wheel": 10}
-
-
-# ---------------------------------------------------------------------------------------------
-# Owner resolution order
-
-
-def svc(name="s", image=BUSYBOX, user=None):
-    return Service(name, image, None, user)
-
-
-def resolver(images=None, **options):
-    fake = FakeImages(images if images is not None else BUSYBOX_FAKE)
-    return dd.OwnerResolver({**dd.DEFAULT_OPTIONS, **options}, fake)
-
-
-def test_order_service_override_beats_user_table_and_image():
-    r = resolver(overrides={"s": {"owner": 4242, "group": 4343}})
-    ident = r.service(svc(image="postgres:16", user="1000"))
-    assert (ident.uid, ident.gid, ident.source) == (4242, 4343, "override")
-    assert r.images.calls == []
-
-
-def test_order_numeric_user_beats_table_without_any_lookup():
-    r = resolver()
-    assert (r.service(svc(image="postgres:16", user="1234")).uid, r.images.calls) == (1234, [])
-    ident = r.service(svc("t", image="postgres:16", user="1234:55"))
-    assert (ident.uid, ident.gid, ident.source) == (1234, 55, "user")
-
-
-def test_order_named_user_resolved_in_the_image_passwd():
-    r = resolver()
-    ident = r.service(svc(user="app"))
-    assert (ident.uid, ident.gid, ident.source) == (1000, 1000, "user")
-    ident = r.service(svc("t", user="app:staff"))
-    assert (ident.uid, ident.gid) == (1000, 50)
-    ident = r.service(svc("u", user="1000"))    # numeric, no group: gid = uid
-    assert (ident.uid, ident.gid) == (1000, 1000)
-
-
-def test_order_table_beats_image_config_user():
-    images = {"grafana/grafana:11": {"user": "root"}}
-    r = resolver(images)
-    ident = r.service(svc(image="grafana/grafana:11"))
-    assert (ident.uid, ident.gid, ident.source) == (472, 0, "image-table")
-    assert r.images.calls == []          # the table needs no image: it works before the pull
-
-
-def test_table_is_overridable_from_inventory():
-    r = resolver(image_users={"postgres": "70:70", "hyhome/busybox": "3000"})
-    assert (r.service(svc("a", image="postgres:16")).uid, r.service(svc("b")).uid) == (70, 3000)
-    assert r.service(svc("b")).gid == 3000
-
-
-def test_order_image_config_user_then_root():
-    images = {"img:named": {"user": "app", "passwd": "app:x:1500:1600::/:\n"},
-              "img:numeric": {"user": "1001:0"}, "img:none": {"user": None}}
-    r = resolver(images)
-    a, b, c = (r.service(svc(n, image=f"img:{n}")) for n in ("named", "numeric", "none"))
-    assert (a.uid, a.gid, a.source) == (1500, 1600, "image-config")
-    assert (b.uid, b.gid, b.source) == (1001, 0, "image-config")
-    assert (c.uid, c.gid, c.source) == (0, 0, "root")
-    assert r.service(svc("nothing", image=None)).source == "root"
-
-
-def test_unknown_user_or_group_name_is_an_error():
-    r = resolver()
-    with pytest.raises(HyHomeError, match="'ghost' is not in /etc/passwd of image"):
-        r.service(svc(user="ghost"))
-    with pytest.raises(HyHomeError, match="group 'nogroup' is not in /etc/group"):
-        r.service(svc("t", user="app:nogroup"))
-    with pytest.raises(HyHomeError, match="has no image"):
-        r.service(svc("u", image=None, user="app"))
-
-
-def test_missing_image_warns_and_falls_through_or_fails():
-    r = resolver({})
-    ident = r.service(svc(image="notpulled:1", user="app"))
-    assert ident.source == "root" and any("notpulled:1 is not on this engine" in w for w in r.warnings)
-    with pytest.raises(HyHomeError, match="notpulled:1 is not on this engine"):
-        resolver({}, missing_image="fail").service(svc(image="notpulled:1", user="app"))
-
-
-def test_bad_table_and_mode_values_are_errors():
-    with pytest.raises(HyHomeError, match="must be numeric"):
-        resolver(image_users={"hyhome/busybox": "app"}).service(svc())
+def test_bad_mode_and_option_values_are_errors():
     with pytest.raises(HyHomeError, match="not an octal mode"):
         dd.parse_mode("rwx")
     with pytest.raises(HyHomeError, match="out of range"):
         dd.parse_mode("17777")
     with pytest.raises(HyHomeError, match="missing_image"):
         dd.plan(Project("p", "/tmp/x", []), {"missing_image": "maybe"})
-
-
-# ---------------------------------------------------------------------------------------------
-# Image passwd lookup through Docker (no container is ever started)
-
-
-def probe_containers():
-    out = subprocess.run(["docker", "ps", "-aq", "--filter", "label=org.hyhome.probe=data_dirs"],
-                         capture_output=True, text=True, check=True).stdout
-    return out.split()
-
-
-@pytest.mark.docker
-def test_image_passwd_lookup_with_the_sdk_is_cached_and_leaves_nothing():
-    images = dd.DockerImages()
-    passwd, _ = images.accounts(BUSYBOX)
-    assert passwd["app"] == (1000, 1000) and passwd["nobody"] == (65534, 65534)
-    r = dd.OwnerResolver(dict(dd.DEFAULT_OPTIONS), images)
-    assert (r.service(svc("a", user="app")).uid, r.service(svc("b", user="nobody")).uid) == (1000, 65534)
-    assert images.lookups == 1           # one probe container per image per call
-    assert images.config_user(BUSYBOX) is None
-    assert probe_containers() == []
-
-
-@pytest.mark.docker
-def test_image_passwd_lookup_with_the_cli_fallback():
-    images = dd.DockerImages()
-    images._client = False               # what happens on a host without the docker SDK
-    assert images.accounts(BUSYBOX)[0]["app"] == (1000, 1000)
-    assert images.config_user(BUSYBOX) is None
-    with pytest.raises(dd.ImageMissing):
-        images.config_user("hyhome/does-not-exist:never")
-    assert probe_containers() == []
-
-
-@pytest.mark.docker
-def test_missing_image_with_the_sdk():
-    with pytest.raises(dd.ImageMissing):
-        dd.DockerImages().accounts("hyhome/does-not-exist:never")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -516,6 +353,66 @@ def test_symlinked_component_inside_the_root_is_followed_to_its_target(tmp_path)
     dd.apply(dd.plan(one_mount_project(str(root), str(root / "data" / "pg")), {}, FakeImages({})))
     assert owner_mode(root / "real" / "pg") == (1000, 1000, 0o750)
     assert os.path.islink(root / "data")
+
+
+HOST_MOUNTS = [("/", "/rootfs"), ("/sys", "/sys"), ("/var/run", "/var/run"), ("/var/lib/docker", "/var/lib/docker"),
+               ("/etc/machine-id", "/etc/machine-id"), ("/var/lib/docker/containers", "/var/lib/docker/containers"),
+               ("/var/run/docker.sock", "/var/run/docker.sock")]
+
+
+def test_read_only_host_mounts_are_reported_not_refused_not_touched(tmp_path):
+    """cAdvisor, node-exporter, promtail: read-only binds of host paths belong to the host."""
+    d = str(tmp_path)
+    before = {h: os.lstat(h) for h, _ in HOST_MOUNTS if os.path.lexists(h)}
+    project = Project("p", d, [], services={
+        "cadvisor": Service("cadvisor", "gcr.io/cadvisor/cadvisor:v0.49.1", None, None,
+                            mounts=[Mount("bind", t, True, h) for h, t in HOST_MOUNTS]),
+        "node-exporter": Service("node-exporter", "prom/node-exporter:v1.8.1", None, None, mounts=[
+            Mount("bind", "/host/sys", True, "/sys"), Mount("bind", "/data", False, os.path.join(d, "data/ne"))])})
+    p = dd.plan(project, {}, FakeImages({}))
+    assert [i.path for i in p.items] == [os.path.join(d, "data/ne")]
+    got = {h["path"]: (h["services"], h["reason"]) for h in p.host_paths}
+    assert got["/sys"] == (["cadvisor", "node-exporter"], "host path, not managed")
+    assert sorted(got) == sorted(h for h, _ in HOST_MOUNTS)
+    assert next(h for h in p.host_paths if h["path"] == "/sys")["targets"] == ["/host/sys", "/sys"]
+    res = dd.apply(p)
+    assert res["host_paths"] == p.host_paths and res["changed"]
+    assert all(os.path.normpath(e["path"]).startswith(d) for e in res["paths"])
+    for h, st in before.items():
+        now = os.lstat(h)
+        assert (now.st_uid, now.st_gid, now.st_mode) == (st.st_uid, st.st_gid, st.st_mode)
+    assert not dd.apply(dd.plan(project, {}, FakeImages({})))["changed"]
+
+
+def test_writable_system_path_stays_refused_even_when_another_service_reads_it(tmp_path):
+    project = Project("p", str(tmp_path), [], services={
+        "ro": Service("ro", "img", None, "1000", mounts=[Mount("bind", "/s", True, "/var/lib/docker")]),
+        "rw": Service("rw", "img", None, "1000", mounts=[Mount("bind", "/s", False, "/var/lib/docker")])})
+    with pytest.raises(HyHomeError, match=r"refusing bind-mount path /var/lib/docker.*mounted read-only") as exc:
+        dd.plan(project, {}, FakeImages({}))
+    assert "services: ro, rw" in exc.value.msg
+
+
+def test_exclude_applies_before_the_system_path_refusal(tmp_path):
+    project = one_mount_project(str(tmp_path), "/var/lib/docker/volumes/x", [str(tmp_path / "ok")])
+    p = dd.plan(project, {"exclude": ["/var/lib/docker"]}, FakeImages({}))
+    assert p.skipped == [{"path": "/var/lib/docker/volumes/x", "services": ["s"],
+                          "reason": "excluded by the exclude option"}]
+    assert [i.path for i in p.items] == [str(tmp_path / "ok")]
+    # A relative exclude is relative to the project directory, not to where the module runs.
+    p = dd.plan(one_mount_project(str(tmp_path), str(tmp_path / "backups/x")), {"exclude": ["backups"]},
+                FakeImages({}))
+    assert p.items == [] and p.skipped[0]["path"] == str(tmp_path / "backups/x")
+
+
+def test_read_only_outside_the_project_but_inside_an_allowed_root_is_managed(tmp_path):
+    root, shared = tmp_path / "proj", tmp_path / "shared-conf"
+    root.mkdir()
+    shared.mkdir()
+    project = Project("p", str(root), [], services={
+        "s": Service("s", "img", None, "1000", mounts=[Mount("bind", "/c", True, str(shared))])})
+    p = dd.plan(project, {"allowed_roots": [str(root), str(tmp_path)]}, FakeImages({}))
+    assert [i.path for i in p.items] == [str(shared)] and p.host_paths == []
 
 
 def test_all_refusals_are_listed_together(tmp_path):

@@ -3,9 +3,12 @@ secrets, required variables from the compose files, idempotence, drift and bad i
 
 from __future__ import annotations
 
+import base64
 import os
+import re
 import shutil
 import stat
+import uuid
 from pathlib import Path
 
 import pytest
@@ -295,18 +298,149 @@ def test_missing_required_variables_are_all_listed_with_their_files(project):
 def test_required_option_names_must_be_non_empty(project):
     refs = core.required_refs(["BACKUP_TARGET"])
     expected = r"BACKUP_TARGET: not defined; a non-empty value is required \(required option\)"
-    with pytest.raises(HyHomeError, match=expected):
+    with pytest.raises(HyHomeError, match=expected) as err:
         core.plan(str(project), {}, env_refs=refs)
+    assert "env_allow_empty" not in err.value.msg     # no use for a variable that must have a value
     assert not core.plan(str(project), {"BACKUP_TARGET": "nas"}, env_refs=refs).warnings
 
 
 def test_missing_required_counts_the_environment_when_given():
     refs = [EnvRef("A", False, True, Location("c.yaml", 3)), EnvRef("B", False, False, Location("c.yaml", 4))]
-    assert core.missing_required({}, refs, environ={"A": "1", "B": ""}) == []
+    assert core.missing_required({}, refs, environ={"A": "1", "B": "x"}) == []
     assert core.missing_required({"A": None}, refs, environ={}) == [
         "A: empty; a non-empty value is required (c.yaml:3)",
-        "B: not defined; referenced without a default (c.yaml:4)",
+        "B: not defined; referenced without a default, so Compose would substitute an empty string (c.yaml:4)",
     ]
+
+
+# --- required but empty, allowed empty, generated identifiers -----------------------------------
+
+
+def kafka_project(tmp_path, example: str) -> Path:
+    """A project whose broker needs a cluster id and a controller URL, both without a default."""
+    d = tmp_path / "kafka"
+    d.mkdir()
+    (d / "compose.yaml").write_text(
+        "services:\n"
+        "  kafka:\n"
+        "    image: apache/kafka:3.7.0\n"
+        "    environment:\n"
+        "      CLUSTER_ID: ${KAFKA_CLUSTER_ID}\n"
+        "      KAFKA_CONTROLLER_QUORUM_VOTERS: $KAFKA_VOTERS\n"
+        "      KAFKA_LOG_DIRS: ${KAFKA_LOG_DIRS-/var/lib/kafka/data}\n"
+        "      EXTRA_FLAG: ${KAFKA_DEBUG:+--debug}\n"
+        "      KAFKA_OPTS: ${KAFKA_OPTS}\n")
+    (d / ".env.example").write_text(example)
+    return d
+
+
+EXAMPLE = "# broker\nKAFKA_CLUSTER_ID=\nKAFKA_VOTERS=\nKAFKA_OPTS=\n"
+
+
+def test_required_but_empty_variables_block_and_name_where_to_set_them(tmp_path):
+    d = kafka_project(tmp_path, EXAMPLE)
+    with pytest.raises(HyHomeError) as err:
+        core.plan(str(d), {}, env_refs=refs_of(d))
+    msg = err.value.msg
+    assert "would leave undefined or empty" in msg
+    assert ("KAFKA_CLUSTER_ID: empty; referenced without a default, so Compose would substitute an empty string "
+            f"({d}/compose.yaml:5)") in msg
+    assert f"KAFKA_VOTERS: empty; referenced without a default, so Compose would substitute an empty string " \
+           f"({d}/compose.yaml:6)" in msg                                 # the bare $VAR form too
+    assert "KAFKA_LOG_DIRS" not in msg and "KAFKA_DEBUG" not in msg     # ${X-d} and ${X:+alt} need no value
+    assert "env_values" in msg and "env_generated" in msg and "kafka-cluster-id" in msg
+    assert "env_allow_empty" in msg
+    assert not (d / ".env").exists()
+
+
+def test_allow_empty_lets_a_variable_stay_empty_and_defines_it_when_the_example_lacks_it(tmp_path):
+    d = kafka_project(tmp_path, "KAFKA_CLUSTER_ID=abc\nKAFKA_VOTERS=1@kafka:9093\n")
+    p = run(d, {}, allow_empty=["KAFKA_OPTS"])
+    assert "KAFKA_OPTS=" in (d / ".env").read_text().splitlines() and "KAFKA_OPTS" in p.added
+    assert not run(d, {}, allow_empty=["KAFKA_OPTS"]).changed_any
+    # a ${X:?} reference still needs a value, listed or not
+    refs = [EnvRef("KAFKA_OPTS", False, True, Location("c.yaml", 1))]
+    with pytest.raises(HyHomeError, match="KAFKA_OPTS: empty; a non-empty value is required"):
+        core.plan(str(d), {}, env_refs=refs, allow_empty=["KAFKA_OPTS"])
+    with pytest.raises(HyHomeError, match="allow_empty must be a list"):
+        core.plan(str(d), {}, env_refs=[], allow_empty="KAFKA_OPTS")
+
+
+def test_a_value_set_by_hand_in_env_is_named_when_it_is_not_kept(tmp_path):
+    d = kafka_project(tmp_path, EXAMPLE)
+    (d / ".env").write_text("KAFKA_CLUSTER_ID=set-by-hand\n")
+    with pytest.raises(HyHomeError, match=r"KAFKA_CLUSTER_ID: empty;.*the value set by hand in \.env is not kept"):
+        core.plan(str(d), {"KAFKA_VOTERS": "1@kafka:9093"}, env_refs=refs_of(d), allow_empty=["KAFKA_OPTS"])
+
+
+@pytest.mark.parametrize(("kind", "pattern"), [
+    ("uuid", r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"),
+    ("hex", r"[0-9a-f]{32}"),
+    ("kafka-cluster-id", r"[A-Za-z0-9_][A-Za-z0-9_-]{21}"),
+])
+def test_generated_kinds_have_their_shape_and_differ(kind, pattern):
+    values = {core.generate_identifier(kind) for _ in range(50)}
+    assert len(values) == 50 and all(re.fullmatch(pattern, v) for v in values)
+
+
+def test_kafka_cluster_id_is_a_base64url_uuid():
+    value = core.generate_identifier("kafka-cluster-id")
+    raw = base64.urlsafe_b64decode(value + "==")
+    assert len(raw) == 16 and raw[6] >> 4 == 4      # a version-4 uuid, as `kafka-storage random-uuid`
+
+
+def test_kafka_cluster_id_never_starts_with_a_dash(monkeypatch):
+    dash_first = uuid.UUID(bytes=b"\xf8" + b"\x00" * 15)     # base64url "-A..."
+    ok = uuid.UUID(int=1 << 100)
+    seq = iter([dash_first, ok])
+    monkeypatch.setattr(core.uuid, "uuid4", lambda: next(seq))
+    assert core.generate_identifier("kafka-cluster-id") == core.base64.urlsafe_b64encode(ok.bytes).decode()[:22]
+
+
+def test_generated_identifiers_are_made_once_and_kept(tmp_path):
+    d = kafka_project(tmp_path, EXAMPLE)
+    gen = {"KAFKA_CLUSTER_ID": "kafka-cluster-id"}
+    kw = {"generated": gen, "allow_empty": ["KAFKA_OPTS"]}
+    check = core.plan(str(d), {"KAFKA_VOTERS": "1@kafka:9093"}, env_refs=refs_of(d), **kw)
+    assert check.generated == ["KAFKA_CLUSTER_ID"] and not (d / ".env").exists()   # planning writes nothing
+    first = run(d, {"KAFKA_VOTERS": "1@kafka:9093"}, **kw)
+    assert first.generated == ["KAFKA_CLUSTER_ID"]
+    value = core.as_dict(core.parse((d / ".env").read_text()))["KAFKA_CLUSTER_ID"]
+    assert len(value) == 22
+    second = run(d, {"KAFKA_VOTERS": "1@kafka:9093"}, **kw)
+    assert not second.changed_any and second.generated == []
+    assert core.as_dict(core.parse((d / ".env").read_text()))["KAFKA_CLUSTER_ID"] == value
+
+
+def test_an_existing_value_is_kept_even_when_it_has_another_shape(tmp_path):
+    d = kafka_project(tmp_path, EXAMPLE)
+    (d / ".env").write_text("KAFKA_CLUSTER_ID=legacy-id\n")
+    p = run(d, {"KAFKA_VOTERS": "v"}, generated={"KAFKA_CLUSTER_ID": "kafka-cluster-id"},
+            allow_empty=["KAFKA_OPTS"])
+    assert p.generated == [] and "KAFKA_CLUSTER_ID=legacy-id" in (d / ".env").read_text()
+    assert p.warnings == ["KAFKA_CLUSTER_ID: kept the value already in .env, although it does not look like a "
+                          "kafka-cluster-id"]
+
+
+@pytest.mark.parametrize(("generated", "values", "message"), [
+    ({"KAFKA_CLUSTER_ID": "random"}, {}, r"KAFKA_CLUSTER_ID: unknown kind 'random'"),
+    ({"ADMIN_TOKEN": "hex"}, {}, r"ADMIN_TOKEN: the name marks a secret"),
+    ({"DB_PASSWORD": "uuid"}, {}, r"DB_PASSWORD: the name marks a secret"),
+    ({"KAFKA_CLUSTER_ID": "uuid"}, {"KAFKA_CLUSTER_ID": "x"}, r"also set in env_values"),
+    ({"BAD NAME": "uuid"}, {}, r"not a valid variable name"),
+    (["KAFKA_CLUSTER_ID"], {}, r"must be a mapping"),
+])
+def test_generated_bad_input_is_refused(tmp_path, generated, values, message):
+    d = kafka_project(tmp_path, EXAMPLE)
+    with pytest.raises(HyHomeError, match=message):
+        core.plan(str(d), values, env_refs=[], generated=generated)
+    assert not (d / ".env").exists()
+
+
+def test_generated_sensitive_looking_name_allowed_when_listed(tmp_path):
+    d = kafka_project(tmp_path, EXAMPLE)
+    p = core.plan(str(d), {}, env_refs=[], generated={"NODE_KEY": "hex"}, allow=("NODE_KEY",))
+    assert p.generated == ["NODE_KEY"]
 
 
 # --- bad input ---------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_model imp
     Service,
 )
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyHomeError
+from ansible_collections.hyhome.bootstrap.plugins.module_utils.findings import Finding
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FIX = os.path.join(ROOT, "tests", "fixtures", "preflight")
@@ -46,11 +47,11 @@ def fake_facts(**over) -> pf.HostFacts:
 
 
 def triples(findings):
-    return [(f.check, f.severity, f.subject) for f in findings]
+    return [(f.rule, f.severity, f.subject) for f in findings]
 
 
 def by(findings, check, subject=None):
-    hits = [f for f in findings if f.check == check and (subject is None or f.subject == subject)]
+    hits = [f for f in findings if f.rule == check and (subject is None or f.subject == subject)]
     assert hits, f"no finding {check} {subject}"
     return hits[0] if subject is not None else hits
 
@@ -100,27 +101,27 @@ def test_gaps_fixture_exact_findings(busy_port):
     assert triples(findings) == [
         ("host.docker_engine", "info", "Docker Engine"),
         ("host.compose", "info", "Compose v2"),
-        ("host.vm_max_map_count", "blocker", "vm.max_map_count"),
+        ("host.vm_max_map_count", "error", "vm.max_map_count"),
         ("host.disk", "info", "Docker root"),
         ("host.disk", "info", "project filesystem"),
         ("host.memory", "info", "memory"),
-        ("host.ports", "blocker", "tcp/47113 on 127.0.0.1"),
+        ("host.ports", "error", "tcp/47113 on 127.0.0.1"),
         ("host.ports", "info", "ports"),
         ("project.compose_config", "info", "docker compose config"),
         ("project.env_file", "info", ".env"),
-        ("project.env_vars", "blocker", "APP_DOMAIN"),
-        ("project.env_vars", "warning", "APP_COLOR"),
-        ("project.secrets", "blocker", "api_token"),
-        ("project.secrets", "blocker", "db_password"),
-        ("project.certs", "blocker", "secrets/certs/key.pem"),
-        ("project.certs", "blocker", "tls_cert"),
-        ("project.bind_dirs", "blocker", "data/app"),
-        ("project.bind_dirs", "blocker", "data/pg"),
+        ("project.env_vars", "error", "APP_COLOR"),
+        ("project.env_vars", "error", "APP_DOMAIN"),
+        ("project.secrets", "error", "api_token"),
+        ("project.secrets", "error", "db_password"),
+        ("project.certs", "error", "secrets/certs/key.pem"),
+        ("project.certs", "error", "tls_cert"),
+        ("project.bind_dirs", "error", "data/app"),
+        ("project.bind_dirs", "error", "data/pg"),
         ("project.bind_dirs", "warning", "data/search"),
-        ("project.bind_files", "blocker", "config/app.conf"),
-        ("project.bind_files", "blocker", "config/extra.yml"),
-        ("project.networks", "blocker", "pf-gaps-edge-missing"),
-        ("project.volumes", "blocker", "pf-gaps-backups-missing"),
+        ("project.bind_files", "error", "config/app.conf"),
+        ("project.bind_files", "error", "config/extra.yml"),
+        ("project.networks", "error", "pf-gaps-edge-missing"),
+        ("project.volumes", "error", "pf-gaps-backups-missing"),
     ]
 
 
@@ -131,13 +132,17 @@ def test_gaps_fixture_messages_and_fixes(busy_port):
     assert f"(pid {os.getpid()})" in port.message and "published by app" in port.message
     assert by(findings, "host.ports", "ports").message == "1 published port free"
 
-    assert by(findings, "project.env_vars", "APP_DOMAIN").message == (
-        "referenced without a default (compose.yaml:14) but not set in .env: Compose substitutes an empty string")
-    assert by(findings, "project.env_vars", "APP_COLOR").message.startswith("empty in .env")
+    domain = by(findings, "project.env_vars", "APP_DOMAIN")
+    assert domain.message == (
+        "referenced without a default (compose.yaml:14), not set in .env, and nothing will set it: there is no "
+        ".env.example and the inventory does not set it; Compose substitutes an empty string")
+    assert domain.fixed_by is None and "env_values" in domain.hint and "env_generated" in domain.hint
+    color = by(findings, "project.env_vars", "APP_COLOR")
+    assert color.message.startswith("referenced without a default (compose.yaml:15), empty in .env, and nothing")
 
     db = by(findings, "project.secrets", "db_password")
     assert db.message == "secret file secrets/db_password.txt is missing; used by app"
-    assert db.fixed_by == "secrets" and "hyhome.bootstrap.secrets" in db.fix
+    assert db.fixed_by == "secrets" and "hyhome.bootstrap.secrets" in db.hint
     assert by(findings, "project.secrets", "api_token").message == (
         "secret file secrets/api_token.txt is empty; used by app")
 
@@ -153,12 +158,13 @@ def test_gaps_fixture_messages_and_fixes(busy_port):
 
     assert "non-root app" in by(findings, "project.bind_dirs", "data/app").message
     assert "local volume pgdata" in by(findings, "project.bind_dirs", "data/pg").message
-    assert by(findings, "project.networks", "pf-gaps-edge-missing").fix == (
-        "docker network create pf-gaps-edge-missing")
-    assert by(findings, "project.volumes", "pf-gaps-backups-missing").fix == (
+    edge = by(findings, "project.networks", "pf-gaps-edge-missing")
+    assert edge.fixed_by == "compose" and edge.hint == (
+        "let the compose step create it, or docker network create pf-gaps-edge-missing")
+    assert by(findings, "project.volumes", "pf-gaps-backups-missing").hint == (
         "docker volume create pf-gaps-backups-missing")
     # every problem says how to fix it
-    assert all(f.fix for f in findings if f.severity != pf.INFO)
+    assert all(f.hint for f in findings if f.severity != pf.INFO)
 
 
 @pytest.mark.docker
@@ -169,8 +175,8 @@ def test_report_is_deterministic_and_holds_no_values(busy_port):
     report = pf.build_report(proj, findings)
     text = json.dumps(report, sort_keys=True)
     assert text == json.dumps(pf.build_report(proj, again), sort_keys=True)
-    assert report["summary"] == {"blocker": 13, "warning": 2, "info": 8, "blocking": 13, "deferred": 0,
-                                 "blocks_boot": True}
+    assert report["summary"] == {"error": 14, "warning": 1, "info": 8, "accepted": 0, "blocking": 14,
+                                 "deferred": 0, "blocks_boot": True}
     with open(os.path.join(GAPS, "secrets", "app_secret.txt")) as fh:
         secret_value = fh.read().strip()
     assert secret_value not in text
@@ -209,13 +215,13 @@ def test_project_compose_rejects_is_reported_and_checked_from_raw_files():
     proj = pf.load(BROKEN)
     assert proj.source == "raw"
     findings = pf.run_checks(proj, fake_facts())
-    problems = [(f.check, f.severity, f.subject) for f in findings if f.severity != pf.INFO]
+    problems = [(f.rule, f.severity, f.subject) for f in findings if f.severity != pf.INFO]
     assert problems == [
-        ("project.compose_config", "blocker", "docker compose config"),
-        ("project.env_file", "blocker", ".env"),
-        ("project.env_vars", "blocker", "DB_HOST"),
-        ("project.secrets", "blocker", "db_password"),
-        ("project.bind_dirs", "blocker", "data/db"),
+        ("project.compose_config", "error", "docker compose config"),
+        ("project.env_file", "error", ".env"),
+        ("project.env_vars", "error", "DB_HOST"),
+        ("project.secrets", "error", "db_password"),
+        ("project.bind_dirs", "error", "data/db"),
     ]
     cfg = by(findings, "project.compose_config", "docker compose config")
     assert "required variable DB_HOST is missing a value" in cfg.message
@@ -305,7 +311,7 @@ def test_docker_cli_missing_still_checks_the_project():
 
 @pytest.mark.parametrize(("over", "severity", "message"), [
     ({}, "info", "reachable, version 24.0.7 (API 1.43)"),
-    ({"docker_version": "19.03.15"}, "blocker", "version 19.03.15 is older than the minimum 20.10"),
+    ({"docker_version": "19.03.15"}, "error", "version 19.03.15 is older than the minimum 20.10"),
 ])
 def test_engine_version(over, severity, message):
     f = by(pf.run_checks(project(), fake_facts(**over)), "host.docker_engine", "Docker Engine")
@@ -316,7 +322,7 @@ def test_engine_version(over, severity, message):
     ({}, "info", "version 2.26.1"),
     ({"compose_version": "2.17.3"}, "warning", "version 2.17.3 is older than 2.20"),
     ({"compose_version": None, "compose_error": "only the old Compose v1 (docker-compose 1.29.2) is installed; "
-                                                "the v2 plugin is missing"}, "blocker", "only the old Compose v1"),
+                                                "the v2 plugin is missing"}, "error", "only the old Compose v1"),
 ])
 def test_compose_version(over, severity, message):
     f = by(pf.run_checks(project(), fake_facts(**over)), "host.compose", "Compose v2")
@@ -324,8 +330,8 @@ def test_compose_version(over, severity, message):
 
 
 @pytest.mark.parametrize(("image", "count", "severity"), [
-    ("opensearchproject/opensearch:2.11.0", 65530, "blocker"),
-    ("docker.elastic.co/elasticsearch/elasticsearch:8.11.1", 65530, "blocker"),
+    ("opensearchproject/opensearch:2.11.0", 65530, "error"),
+    ("docker.elastic.co/elasticsearch/elasticsearch:8.11.1", 65530, "error"),
     ("opensearchproject/opensearch:2.11.0", 262144, "info"),
     ("opensearchproject/opensearch:2.11.0", None, "warning"),
     ("opensearchproject/opensearch-dashboards:2.11.0", 65530, "info"),  # dashboards do not need it
@@ -342,7 +348,7 @@ def test_disk_and_memory_thresholds():
                        mem_available=512 * 1024**2)
     proj = project([svc("big", mem_limit=16 * GIB)])
     findings = pf.run_checks(proj, facts)
-    assert triples(by(findings, "host.disk")) == [("host.disk", "blocker", "project filesystem"),
+    assert triples(by(findings, "host.disk")) == [("host.disk", "error", "project filesystem"),
                                                   ("host.disk", "info", "Docker root")]
     assert by(findings, "host.disk", "project filesystem").message == (
         "2.0 GiB free at /srv/p, below the minimum 5 GiB")
@@ -363,8 +369,8 @@ def test_ports_held_by_other_container_own_container_or_process():
     )
     findings = by(pf.run_checks(proj, facts), "host.ports")
     assert [(f.severity, f.subject, f.message) for f in findings] == [
-        ("blocker", "tcp/8080", "published by web, but already held by container other-web-1 of compose project other"),
-        ("blocker", "tcp/9001", "published by web, but already in use on :: by nginx (pid 10)"),
+        ("error", "tcp/8080", "published by web, but already held by container other-web-1 of compose project other"),
+        ("error", "tcp/9001", "published by web, but already in use on :: by nginx (pid 10)"),
         ("info", "ports", "2 published ports free, 1 published port held by this project's own running containers"),
     ]
 
@@ -401,7 +407,9 @@ def test_required_variable_empty_is_a_blocker(tmp_path):
                                                         EnvRef("OTHER", False, False, loc)])
     findings = pf.run_checks(proj, fake_facts())
     f = by(findings, "project.env_vars", "DB_HOST")
-    assert (f.severity, f.message) == ("blocker", "empty in .env, but required (compose.yaml:3) (${DB_HOST:?})")
+    assert (f.severity, f.fixed_by, f.message) == (
+        "error", None, "referenced without a default (compose.yaml:3), empty in .env, and nothing will set it: "
+                         "there is no .env.example and the inventory does not set it; Compose stops with an error")
     assert [x.subject for x in by(findings, "project.env_vars")] == ["DB_HOST"]
 
 
@@ -409,13 +417,13 @@ def test_deferred_steps_do_not_block_but_stay_reported():
     proj = project([svc("db", secrets=[SecretRef("pw", "/run/secrets/pw")])],
                    secrets={"pw": Secret("pw", "/nonexistent/demo/secrets/pw.txt")})
     findings = pf.run_checks(proj, fake_facts(docker_error="cannot reach Docker Engine at x: y"))
-    assert [f.check for f in pf.blocking(findings)] == ["host.docker_engine", "project.secrets"]
-    assert [f.check for f in pf.blocking(findings, ["secrets"])] == ["host.docker_engine"]
+    assert [f.rule for f in pf.blocking(findings)] == ["host.docker_engine", "project.secrets"]
+    assert [f.rule for f in pf.blocking(findings, ["secrets"])] == ["host.docker_engine"]
     summary = pf.summarize(findings, ["secrets"])
-    assert (summary["blocker"], summary["blocking"], summary["deferred"]) == (2, 1, 1)
+    assert (summary["error"], summary["blocking"], summary["deferred"]) == (2, 1, 1)
     table = "\n".join(pf.render_table(proj, findings, ["secrets"]))
     assert "[left to the later secrets step]" in table
-    assert table.splitlines()[-1].startswith("BLOCKED: 1 blocker stops first boot (1 more blocker left to later steps)")
+    assert table.splitlines()[-1].startswith("BLOCKED: 1 error stops first boot (1 more error left to later steps)")
 
 
 def test_read_proc_listeners(tmp_path):
@@ -448,11 +456,11 @@ def test_cli_writes_json_and_exits_1_on_blockers(tmp_path, capsys, busy_port):
     out_json = tmp_path / "report.json"
     assert pf.cli([GAPS, "--json", str(out_json), "--quiet"]) == 1
     out = capsys.readouterr().out
-    assert "BLOCKER   project.secrets" in out and "INFO " not in out
+    assert "\nerror     project.secrets " in out and "\ninfo " not in out
     report = json.loads(out_json.read_text())
-    assert report["schema"] == 1 and report["project"]["name"] == "pf-gaps"
-    assert ("project.bind_files", "blocker", "config/app.conf") in triples(
-        pf.Finding(**f) for f in report["findings"])
+    assert report["schema"] == 2 and report["project"]["name"] == "pf-gaps"
+    assert ("project.bind_files", "error", "config/app.conf") in triples(
+        Finding(**f) for f in report["findings"])
     assert oct(out_json.stat().st_mode & 0o777) == "0o644"
 
 
@@ -478,7 +486,7 @@ def test_env_file_that_is_a_directory_is_a_finding(tmp_path):
     proj = project(working_dir=str(tmp_path), env_refs=[EnvRef("A", False, False, loc)])
     findings = pf.run_checks(proj, fake_facts())
     f = by(findings, "project.env_file", ".env")
-    assert (f.severity, f.message) == ("blocker", "is a directory, not a file; Compose cannot read it")
+    assert (f.severity, f.message) == ("error", "is a directory, not a file; Compose cannot read it")
     assert by(findings, "project.env_vars", "A").severity == pf.BLOCKER
 
 
@@ -498,12 +506,14 @@ def test_provided_secrets_from_the_secrets_registry(tmp_path):
     proj = project([svc("app", secrets=[SecretRef(n, f"/run/secrets/{n}") for n in names])],
                    working_dir=str(tmp_path), secrets={n: Secret(n, str(sec / n)) for n in names})
     findings = pf.run_checks(proj, fake_facts())
-    got = {f.subject: (f.severity, f.fixed_by, f.message, f.fix) for f in by(findings, "project.secrets")}
-    assert got["api_key"] == ("blocker", None, "provided secret secrets/api_key is missing; used by app",
-                              "put the vendor API key in secrets/api_key; only a person can supply it")
+    got = {f.subject: (f.severity, f.fixed_by, f.message, f.hint) for f in by(findings, "project.secrets")}
+    assert got["api_key"] == ("error", None,
+                              "provided secret secrets/api_key is missing (kind provided in hyhome-secrets.yml); "
+                              "read by app; only a person can supply it",
+                              "a person supplies it (the vendor API key): write it to secrets/api_key (read by app)")
     assert got["webhook"][:2] == ("warning", "secrets") and "writes a placeholder" in got["webhook"][2]
     assert got["smtp"][:2] == ("warning", None) and "still holds the placeholder" in got["smtp"][2]
-    assert got["db"][:2] == ("blocker", "secrets")
+    assert got["db"][:2] == ("error", "secrets")
     assert [f.subject for f in pf.blocking(findings, ["secrets"])] == ["api_key"]
 
 
@@ -518,6 +528,201 @@ def test_broken_secrets_registry_is_a_finding(tmp_path):
 def test_config_failing_only_on_env_is_left_to_the_env_step():
     findings = pf.run_checks(pf.load(BROKEN), fake_facts())
     cfg = by(findings, "project.compose_config", "docker compose config")
-    assert (cfg.fixed_by, cfg.fix) == ("env", "set DB_HOST in .env (the env step renders it)")
-    # with every fixing step deferred, the broken fixture no longer blocks (all its gaps are fixable)
-    assert pf.blocking(findings, pf.STEPS) == []
+    assert (cfg.fixed_by, cfg.hint) == ("env", "set DB_HOST in .env (the env step renders it)")
+    # nothing sets DB_HOST: the env step would fail too, so that blocks even with every step deferred
+    assert [(f.rule, f.subject) for f in pf.blocking(findings, pf.STEPS)] == [("project.env_vars", "DB_HOST")]
+    # once the inventory sets it, every gap of the broken fixture is left to a later step
+    supplied = pf.run_checks(pf.load(BROKEN), fake_facts(), pf.Options(env_supplied=("DB_HOST",)))
+    assert pf.blocking(supplied, pf.STEPS) == []
+
+
+# --------------------------------------------------------------------------------------------
+# Real projects: compose's error line, raw-file fallbacks, provided secrets, required-empty
+# variables, external networks the compose step creates, prepare-only runs
+
+
+def test_compose_error_line_is_shown_not_its_warnings():
+    stderr = ('time="2026-11-25T21:38:37Z" level=warning msg="The \\"UNSET\\" variable is not set. '
+              'Defaulting to a blank string."\n'
+              'time="2026-11-25T21:38:37Z" level=warning msg="/srv/p/compose.yaml: `version` is obsolete"\n'
+              'service "web" refers to undefined network nope: invalid compose project\n')
+    assert pf.compose_error_lines(stderr) == (
+        ['service "web" refers to undefined network nope: invalid compose project'], 2)
+    assert pf.compose_error_lines('time="x" level=fatal msg="bad \\"thing\\""') == (['bad "thing"'], 0)
+    assert pf.compose_error_lines("") == (["no output"], 0)
+    f = by(pf.run_checks(project(config_error=stderr), fake_facts()), "project.compose_config", "docker compose config")
+    assert f.message.startswith('failed: service "web" refers to undefined network nope: invalid compose project '
+                                "(and 2 compose warnings: the validate step lists them)")
+    assert "UNSET" not in f.message and "obsolete" not in f.message
+
+
+def failing_project_with_search(tmp_path):
+    """A root file including a search folder; `docker compose config` fails (a required variable,
+    after a warning about another)."""
+    (tmp_path / "search").mkdir()
+    (tmp_path / "docker-compose.yml").write_text(
+        "include:\n  - search/compose.yml\nservices:\n  web:\n    image: nginx:1.25\n    networks: [nope]\n")
+    (tmp_path / "search" / "compose.yml").write_text(
+        "services:\n  opensearch:\n    image: opensearchproject/opensearch:${OPENSEARCH_VERSION:?see docs/os.md}\n"
+        "    environment:\n      X: ${UNSET_VAR}\n")
+    return tmp_path
+
+
+@pytest.mark.docker
+def test_vm_max_map_count_is_detected_from_the_raw_files_when_config_fails(tmp_path):
+    proj = pf.load(str(failing_project_with_search(tmp_path)))
+    assert proj.source == "raw" and "opensearch" in proj.services
+    findings = pf.run_checks(proj, fake_facts(max_map_count=65530))
+    f = by(findings, "host.vm_max_map_count", "vm.max_map_count")
+    assert f.severity == pf.BLOCKER
+    assert "service opensearch (found in the compose files: `docker compose config` failed)" in f.message
+    cfg = by(findings, "project.compose_config", "docker compose config")
+    assert "required variable OPENSEARCH_VERSION is missing a value" in cfg.message
+    assert "UNSET_VAR" not in cfg.message    # compose warns about it (when it gets that far): not the error
+
+
+@pytest.mark.parametrize(("image", "name"), [
+    ("opensearchproject/opensearch:${OPENSEARCH_VERSION:?see docs/os.md}", "opensearch"),
+    ("${REGISTRY}/elasticsearch:${TAG}", "elasticsearch"),
+    ("registry.local:5000/search/opensearch@sha256:abc", "opensearch"),
+])
+def test_image_name_of_raw_images(image, name):
+    assert pf._image_name(image) == name
+
+
+def provided_project(tmp_path, registry=None, files=()):
+    sec = tmp_path / "secrets"
+    sec.mkdir()
+    for name, content in files:
+        (sec / name).write_bytes(content)
+    if registry is not None:
+        (tmp_path / "hyhome-secrets.yml").write_text(registry)
+    names = ("slack_webhook", "smtp_password", "grafana_oauth_client_secret", "db_password")
+    return project([svc("alertmanager", secrets=[SecretRef("slack_webhook", "/run/secrets/slack_webhook"),
+                                                  SecretRef("smtp_password", "/run/secrets/smtp_password")]),
+                    svc("grafana", secrets=[SecretRef("slack_webhook", "/run/secrets/slack_webhook"),
+                                            SecretRef("grafana_oauth_client_secret", "/run/secrets/x"),
+                                            SecretRef("db_password", "/run/secrets/db_password")])],
+                   working_dir=str(tmp_path), secrets={n: Secret(n, str(sec / n)) for n in names})
+
+
+def test_provided_secrets_inferred_from_names_say_who_must_supply_them(tmp_path):
+    findings = pf.run_checks(provided_project(tmp_path), fake_facts())
+    got = {f.subject: f for f in by(findings, "project.secrets")}
+    hook = got["slack_webhook"]
+    assert (hook.severity, hook.fixed_by) == ("warning", "secrets")    # placeholder from the secrets step
+    assert hook.message.startswith("provided secret secrets/slack_webhook is missing (kind provided inferred from "
+                                   "its name); read by alertmanager, grafana: the secrets step writes a placeholder")
+    assert hook.hint.startswith("a person supplies it (a webhook URL issued by the receiving service")
+    assert hook.hint.endswith("): write it to secrets/slack_webhook (read by alertmanager, grafana); if the stack can "
+                              "generate it instead, give slack_webhook a kind in hyhome-secrets.yml")
+    assert "outside SMTP relay" in got["smtp_password"].hint and "read by alertmanager" in got["smtp_password"].hint
+    assert "identity provider" in got["grafana_oauth_client_secret"].hint
+    assert (got["db_password"].severity, got["db_password"].fixed_by) == ("error", "secrets")   # generated
+    assert pf.blocking(findings, ["secrets"]) == []
+
+
+def test_inferred_provided_placeholder_warns_on_every_run(tmp_path):
+    proj = provided_project(tmp_path, files=[("slack_webhook", b"hyhome-placeholder:slack_webhook\n")])
+    f = by(pf.run_checks(proj, fake_facts()), "project.secrets", "slack_webhook")
+    assert (f.severity, f.fixed_by) == ("warning", None)
+    assert f.message == ("provided secret secrets/slack_webhook still holds the placeholder, not a working value "
+                         "(kind provided inferred from its name); read by alertmanager, grafana")
+
+
+def test_registry_overrides_the_inferred_kind(tmp_path):
+    proj = provided_project(tmp_path, registry=(
+        "slack_webhook: {kind: password}\n"                                  # the stack generates it after all
+        "smtp_password: {kind: provided, hint: the relay's app password}\n"  # declared: no placeholder, blocks
+    ))
+    got = {f.subject: f for f in by(pf.run_checks(proj, fake_facts()), "project.secrets")}
+    assert (got["slack_webhook"].severity, got["slack_webhook"].fixed_by) == ("error", "secrets")
+    assert "provided" not in got["slack_webhook"].message
+    smtp = got["smtp_password"]
+    assert (smtp.severity, smtp.fixed_by) == ("error", None)
+    assert "(kind provided in hyhome-secrets.yml); read by alertmanager; only a person can supply it" in smtp.message
+    assert smtp.hint == ("a person supplies it (the relay's app password): write it to secrets/smtp_password "
+                         "(read by alertmanager)")
+
+
+def env_project(tmp_path, example, refs):
+    if example is not None:
+        (tmp_path / ".env.example").write_text(example)
+    loc = Location(str(tmp_path / "compose.yaml"), 7)
+    return project(working_dir=str(tmp_path), env_refs=[EnvRef(n, False, req, loc, text=t) for n, req, t in refs])
+
+
+def test_required_empty_variables_block_unless_the_env_step_will_set_them(tmp_path):
+    proj = env_project(tmp_path, "KAFKA_CLUSTER_ID=\nSITE=example\nOPTS=\n", [
+        ("KAFKA_CLUSTER_ID", False, "${KAFKA_CLUSTER_ID}"), ("SITE", False, "$SITE"), ("OPTS", False, "${OPTS}"),
+        ("DEBUG", False, "${DEBUG:+--debug}"), ("VOTERS", True, "${VOTERS:?}")])
+    findings = pf.run_checks(proj, fake_facts())
+    got = {f.subject: f for f in by(findings, "project.env_vars")}
+    assert set(got) == {"KAFKA_CLUSTER_ID", "SITE", "OPTS", "VOTERS"}                 # ${X:+alt} needs nothing
+    assert got["SITE"].fixed_by == "env"                                             # the example has a value
+    cid = got["KAFKA_CLUSTER_ID"]
+    assert (cid.severity, cid.fixed_by) == ("error", None)
+    assert cid.message == ("referenced without a default (compose.yaml:7), not set in .env, and nothing will set "
+                           "it: .env.example leaves it empty and the inventory does not set it; Compose substitutes "
+                           "an empty string")
+    assert "declare it in env_generated (KAFKA_CLUSTER_ID: uuid, hex or kafka-cluster-id)" in cid.hint
+    assert "VOTERS" in [f.subject for f in pf.blocking(findings, ["env"])]
+    assert ".env.example leaves it out" in got["VOTERS"].message
+    # the inventory sets (or generates) two, one may stay empty: the env step handles all
+    opts = pf.Options(env_supplied=("KAFKA_CLUSTER_ID", "VOTERS"), env_allow_empty=("OPTS",))
+    findings = pf.run_checks(proj, fake_facts(), opts)
+    assert {f.subject: f.fixed_by for f in by(findings, "project.env_vars")} == {
+        "KAFKA_CLUSTER_ID": "env", "OPTS": "env", "SITE": "env", "VOTERS": "env"}
+    assert pf.blocking(findings, ["env"]) == []
+    # once .env exists: an allowed empty value is fine, a required one never is
+    (tmp_path / ".env").write_text("KAFKA_CLUSTER_ID=MkU3OEVBNTcwNTJENDM2Qk\nSITE=x\nOPTS=\nVOTERS=\n")
+    findings = pf.run_checks(proj, fake_facts(), pf.Options(env_allow_empty=("OPTS", "VOTERS")))
+    assert [f.subject for f in by(findings, "project.env_vars") if f.severity != pf.INFO] == ["VOTERS"]
+
+
+def test_missing_external_network_is_left_to_the_compose_step(tmp_path):
+    proj = project(networks={"edge": Network("edge", "proxy", True)}, volumes={"bk": {"external": True}})
+    findings = pf.run_checks(proj, fake_facts(networks={"bridge"}))
+    net = by(findings, "project.networks", "proxy")
+    assert (net.severity, net.fixed_by) == ("error", "compose")
+    assert net.message == ("external network does not exist; Compose will not create it, the compose step does "
+                           "(compose_create_networks)")
+    assert [f.rule for f in pf.blocking(findings, ["compose"])] == ["project.volumes"]   # volumes stay blockers
+    table = "\n".join(pf.render_table(proj, findings, ["compose"]))
+    assert "[left to the later compose step]" in table
+
+
+def test_prepare_only_turns_boot_time_checks_into_warnings():
+    proj = project([svc("search", image="opensearchproject/opensearch:2.13.0", ports=[Port(9200, 9200, None)])],
+                   networks={"edge": Network("edge", "proxy", True)}, volumes={"bk": {"external": True}})
+    facts = fake_facts(max_map_count=65530, networks={"bridge"},
+                       listeners=[pf.Listener("tcp", ANY, 9200, "java (pid 4)")],
+                       disks=[pf.Disk("project filesystem", "/srv/p", 1 * GIB)])
+    booting = pf.run_checks(proj, facts)
+    boot_checks = ["host.vm_max_map_count", "host.ports", "project.networks", "project.volumes"]
+    assert [f.rule for f in pf.blocking(booting)] == ["host.vm_max_map_count", "host.disk", "host.ports",
+                                                       "project.networks", "project.volumes"]
+    preparing = pf.run_checks(proj, facts, pf.Options(start_stack=False))
+    assert [f.rule for f in pf.blocking(preparing)] == ["host.disk"]     # preparing writes files: disk counts
+    warned = [f for f in preparing if f.rule in boot_checks and f.severity == pf.WARNING]
+    assert sorted({f.rule for f in warned}) == sorted(boot_checks)
+    assert all(f.message.endswith("-- needed before the stack starts (this run only prepares it: hyhome_start_stack "
+                                  "is false)") for f in warned)
+
+
+def test_read_only_host_paths_are_reported_not_left_to_data_dirs(tmp_path):
+    present = tmp_path / "hostroot"
+    present.mkdir()
+    mounts = [Mount("bind", "/rootfs", True, str(present)),                      # the host's, present
+              Mount("bind", "/dev/disk", True, "/nonexistent/hyhome-dev-disk"),  # the host's, missing here
+              Mount("bind", "/data", False, str(tmp_path / "proj" / "data"))]    # the project's data
+    (tmp_path / "proj").mkdir()
+    proj = project([svc("cadvisor", mounts=mounts)], working_dir=str(tmp_path / "proj"))
+    findings = pf.run_checks(proj, fake_facts())
+    rows = {f.subject: f for f in by(findings, "project.bind_dirs")}
+    assert set(rows) == {"/nonexistent/hyhome-dev-disk", "data"}
+    host = rows["/nonexistent/hyhome-dev-disk"]
+    assert (host.severity, host.fixed_by) == ("warning", None)
+    assert host.message == "host path, not managed: missing on this host; bind-mounted read-only by cadvisor"
+    assert "nothing for day0 to create" in host.hint
+    assert rows["data"].fixed_by == "data_dirs"

@@ -23,6 +23,12 @@ from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_model imp
 )
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_model import Secret as ComposeSecret
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyHomeError
+from ansible_collections.hyhome.bootstrap.plugins.module_utils.identity import (
+    IdentityResolver,
+    ImageMissing,
+    parse_group,
+    parse_passwd,
+)
 from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
@@ -40,8 +46,8 @@ def fixture_project(project_dir: Path) -> Project:
     docker-marked test below)."""
     d = str(project_dir)
 
-    def svc(name, user, secrets):
-        return Service(name=name, image="hyhome/busybox:local", build=None, user=user,
+    def svc(name, user, secrets, image="hyhome/busybox:local"):
+        return Service(name=name, image=image, build=None, user=user,
                        secrets=[SecretRef(s, f"/run/secrets/{s}") for s in secrets])
 
     files = {
@@ -54,7 +60,7 @@ def fixture_project(project_dir: Path) -> Project:
     project.services = {
         "app": svc("app", "1000:1000", ["app_password", "shared_token"]),
         "worker": svc("worker", "65534:65534", ["shared_token", "signing_key"]),
-        "db": svc("db", None, ["db_password"]),
+        "db": svc("db", None, ["db_password"], image="hyhome/secrets-image-user:local"),
         "gateway": svc("gateway", "1000:1000", ["gateway_htpasswd", "smtp_password", "legacy_key"]),
     }
     project.secrets = {n: ComposeSecret(n, os.path.join(d, f)) for n, f in files.items()}
@@ -277,6 +283,17 @@ def test_access_single_user_group_for_different_users_and_default(proj):
     assert stat.S_IMODE(os.stat(proj / "secrets").st_mode) & 0o007 == 0
 
 
+def test_fixture_db_gets_the_user_its_image_declares(proj):
+    images = FakeImages({"hyhome/secrets-image-user:local": ("4242:4242", "", ""),
+                         "hyhome/busybox:local": ("", "", "")})
+    p = run(fixture_specs(proj), proj / "secrets", fixture_project(proj), identities=IdentityResolver(images=images))
+    st = os.stat(proj / "secrets/db/password")
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (4242, 4242, 0o400)
+    db = next(i for i in p.items if i.spec.name == "db_password")
+    assert [(r.service, r.source) for r in db.readers] == [("db", "image-config")]
+    assert [w.split()[0] for w in p.warnings] == ["smtp_password"]      # the placeholder; nothing about users
+
+
 def test_shared_gid_when_users_declare_one():
     s = core.SecretSpec("x", "/p/x", "x", "password", "compose", consumers=("a", "b"))
     readers = [core.Reader("a", 1000, 3000), core.Reader("b", 472, 3000)]
@@ -294,10 +311,24 @@ def test_a_consumer_with_group_add_needs_no_hint():
     assert "b must run with group_add: ['1000']" in b.note
 
 
+def test_shared_group_is_the_gid_every_reader_holds_through_group_add():
+    # A sidecar (999) that joins the database's group (103) through group_add: the file's group
+    # is 103, so both read it, whichever reader is listed first.
+    s = core.SecretSpec("x", "/p/x", "x", "password", "compose", consumers=("a", "b"))
+    readers = [core.Reader("db-init", 999, 999, (0, 103, 1000)), core.Reader("spilo", 101, 103)]
+    a = core.resolve_access(s, readers, 0, 0, None)
+    assert (a.uid, a.gid, a.mode) == (999, 103, 0o440) and "group_add" not in a.note
+    # gid 0 is common too but is chosen only when nothing else is shared
+    b = core.resolve_access(s, [core.Reader("a", 1000, 0, (2000,)), core.Reader("b", 472, 0, (2000,))], 0, 0, None)
+    assert b.gid == 2000
+    c = core.resolve_access(s, [core.Reader("a", 1000, 0), core.Reader("b", 472, 0)], 0, 0, None)
+    assert c.gid == 0
+
+
 def test_readers_carry_group_add_from_the_model(tmp_path):
     project = _db_project(tmp_path, tmp_path)
     project.services["db"].group_add = ["1000", "audio"]
-    readers = core.readers_for(one(tmp_path, consumers=["db"]), project, 0)
+    readers = core.readers_for(one(tmp_path, consumers=["db"]), project, core.offline_resolver())
     assert readers == [core.Reader("db", 999, 999, (1000,))]
 
 
@@ -307,11 +338,94 @@ def test_registry_owner_and_mode_override(tmp_path):
     assert (p.items[0].access.uid, p.items[0].access.gid, p.items[0].access.mode) == (0, 0, 0o440)
 
 
-def test_parse_user_forms():
-    assert core.parse_user("s", "1000", 0) == core.Reader("s", 1000, None)
-    assert core.parse_user("s", "1000:50", 0) == core.Reader("s", 1000, 50)
-    assert core.parse_user("s", "root", 0) == core.Reader("s", 0, None)
-    assert core.parse_user("s", None, 7) == core.Reader("s", 7, None)
+class FakeImages:
+    """The engine's view of images (Config.User and /etc/passwd, /etc/group); absent ones raise."""
+
+    def __init__(self, images):
+        self.images = images      # image -> (config_user, passwd text, group text)
+
+    def config_user(self, image):
+        if image not in self.images:
+            raise ImageMissing(image)
+        return self.images[image][0] or None
+
+    def accounts(self, image):
+        if image not in self.images:
+            raise ImageMissing(image)
+        _, passwd, group = self.images[image]
+        return parse_passwd(passwd), parse_group(group)
+
+
+def _consumers_project(tmp_path, services: dict) -> Project:
+    """One secret ``s`` read by every service in ``services`` (name -> (image, user, group_add))."""
+    project = Project(name="p", working_dir=str(tmp_path), files=[str(tmp_path / "compose.yaml")])
+    project.services = {name: Service(name=name, image=image, build=None, user=user, group_add=list(groups),
+                                      secrets=[SecretRef("s", "/run/secrets/s")])
+                        for name, (image, user, groups) in services.items()}
+    return project
+
+
+def test_readers_come_from_the_identity_resolver(tmp_path):
+    project = _consumers_project(tmp_path, {
+        "numeric": ("hyhome/busybox:local", "1000:50", []),
+        "by_name": ("example/app:1", "app", []),
+        "configured": ("example/grafana-like:1", None, []),
+        "table": ("postgres:16", None, ["1000"]),
+        "overridden": ("example/app:1", None, []),
+        "rooted": ("hyhome/busybox:local", "root", []),
+    })
+    images = FakeImages({
+        "hyhome/busybox:local": ("", "root:x:0:0::/root:/bin/sh\n", "root:x:0:\n"),
+        "example/app:1": ("", "root:x:0:0::/:/bin/sh\napp:x:1500:1600::/app:/bin/sh\n", ""),
+        "example/grafana-like:1": ("472", "", ""),
+    })
+    resolver = IdentityResolver(overrides={"overridden": {"owner": 2000, "group": 2001}}, images=images)
+    spec = one(tmp_path, consumers=list(project.services))
+    got = {r.service: (r.uid, r.gid, r.groups, r.source) for r in core.readers_for(spec, project, resolver)}
+    assert got == {
+        "numeric": (1000, 50, (), "user"),
+        "by_name": (1500, 1600, (), "user"),
+        "configured": (472, 472, (), "image-config"),
+        "table": (999, 999, (1000,), "image-table"),
+        "overridden": (2000, 2001, (), "override"),
+        "rooted": (0, 0, (), "user"),
+    }
+    assert not resolver.warnings
+
+
+def test_single_reader_without_user_gets_the_uid_its_image_runs_as(tmp_path):
+    """The realistic case: grafana (472) reads its admin password, no user: in compose."""
+    project = _consumers_project(tmp_path, {"grafana": ("grafana/grafana:11.2.0", None, [])})
+    s = one(tmp_path, consumers=["grafana"])
+    p = run([s], tmp_path / "secrets", project)
+    st = os.stat(tmp_path / "secrets/s")
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (472, 0, 0o400)
+    assert p.items[0].report()["readers"] == [{"service": "grafana", "uid": 472, "gid": 0, "source": "image-table"}]
+    assert not p.warnings
+
+
+def test_readers_with_different_image_users_share_a_group(tmp_path):
+    project = _consumers_project(tmp_path, {"loki": ("grafana/loki:3.1.0", None, []),
+                                            "prometheus": ("prom/prometheus:v2.54.0", None, ["10001"])})
+    p = run([one(tmp_path, consumers=["loki", "prometheus"])], tmp_path / "secrets", project)
+    st = os.stat(tmp_path / "secrets/s")
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (10001, 10001, 0o440)
+    assert "group_add" not in p.items[0].access.note     # prometheus already has group 10001
+
+
+def test_unresolved_consumer_warns_with_the_fix_and_gets_the_default_owner(tmp_path):
+    project = _consumers_project(tmp_path, {"mystery": ("example/unknown:1", None, [])})
+    p = core.plan([one(tmp_path, consumers=["mystery"])], str(tmp_path / "secrets"), project,
+                  default_owner=0, default_group=0)
+    assert (p.items[0].access.uid, p.items[0].access.gid) == (0, 0)
+    assert p.items[0].readers[0].source == "unresolved"
+    text = " ".join(p.warnings)
+    assert "mystery" in text and "image_users" in text and "override" in text
+    # The same consumer with an image_users entry: resolved, no warning.
+    resolver = IdentityResolver(image_users={"example/unknown": "1234:1234"}, images=FakeImages({}))
+    p = core.plan([one(tmp_path, consumers=["mystery"])], str(tmp_path / "secrets"), project, identities=resolver)
+    assert (p.items[0].access.uid, p.items[0].access.gid, p.items[0].access.mode) == (1234, 1234, 0o400)
+    assert not p.warnings
 
 
 @pytest.mark.docker
@@ -650,11 +764,14 @@ def test_unknown_owner_is_refused_before_writing(tmp_path):
     assert snapshot(tmp_path) == before
 
 
-def test_user_name_only_the_image_knows_is_refused(proj):
+def test_user_name_the_image_does_not_know_is_refused(proj):
     project = fixture_project(proj)
     project.services["db"].user = "postgres"
-    with pytest.raises(HyHomeError, match=r"postgres.*numeric"):
-        core.plan(fixture_specs(proj), str(proj / "secrets"), project)
+    images = FakeImages({"hyhome/secrets-image-user:local": ("", "root:x:0:0::/root:/bin/sh\n", "")})
+    before = snapshot(proj)
+    with pytest.raises(HyHomeError, match=r"user 'postgres' is not in /etc/passwd of image hyhome/secrets-image-user"):
+        core.plan(fixture_specs(proj), str(proj / "secrets"), project, identities=IdentityResolver(images=images))
+    assert snapshot(proj) == before
 
 
 def test_derived_secret_whose_source_has_no_value_is_refused(tmp_path):
@@ -743,7 +860,8 @@ class FakeModule:
             "project_dir": None, "secrets_dir": None, "compose_files": [], "profiles": ["*"],
             "derive_from_compose": True, "registry": {}, "registry_file": None, "default_kind": "password",
             "persistent_default": True, "default_owner": 0, "default_group": 0, "shared_group": None,
-            "rotate": [], "restore": [], "seed": {}, "exclude": ["certs/*"], "manage_dir_modes": True, **params,
+            "rotate": [], "restore": [], "seed": {}, "exclude": ["certs/*"], "manage_dir_modes": True,
+            "overrides": {}, "image_users": {}, **params,
         }
         self.check_mode = check_mode
         self._diff = diff

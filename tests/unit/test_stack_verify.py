@@ -16,6 +16,7 @@ from ansible_collections.hyhome.bootstrap.plugins.module_utils import compose_up
 from ansible_collections.hyhome.bootstrap.plugins.module_utils import stack_verify as sv
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_model import Project, Service
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyHomeError
+from ansible_collections.hyhome.bootstrap.plugins.module_utils.findings import summarize
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -105,14 +106,17 @@ def test_exceptions_are_reported_with_reason_not_silenced():
     assert exc["init"]["security-healthcheck"] == "one-shot"      # short ids accepted too
     assert "security-cap-drop-all" not in exc["init"]             # no written reason: not applied
     findings = sv.check_security(container("db", user="")) + sv.check_security(container("init", cap_drop=[]))
-    sv.apply_exceptions(findings, exc)
+    findings = sv.apply_exceptions(findings, exc)
     db = next(f for f in findings if f.service == "db")
     assert db.accepted and not db.blocking and db.severity == "error"
     init = next(f for f in findings if f.service == "init")
     assert init.blocking
-    assert sv.summarize(findings) == {"errors": 1, "warnings": 0, "accepted": 1, "passed": 0}
-    table = sv.render_table(findings)
-    assert table.splitlines()[0].startswith("FAIL") and "[accepted: the entrypoint" in table
+    assert summarize(findings) == {"error": 1, "warning": 0, "info": 0, "accepted": 1}
+    table = sv.render_table(findings).splitlines()
+    assert table[0].split() == ["SEVERITY", "RULE", "SUBJECT", "MESSAGE"]
+    assert table[1].startswith("error     security-cap-drop-all  init ")          # what fails comes first
+    assert table[2].startswith("accepted  security-non-root      db ")
+    assert table[3].strip().startswith("accepted: the entrypoint")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,6 +354,7 @@ def test_docker_verify_running_fixture(tmp_path):
         os.chmod(d / "secrets" / f"{name}.txt", 0o644)
     name = f"hyhome-sv-pytest-{uuid.uuid4().hex[:8]}"
     params = {"project_dir": str(d), "project_name": name, "files": None, "env_file": None, "profiles": [],
+              "docker_cli": "docker",
               "checks": ["health", "security", "memory"], "settle_timeout": 30, "tls_endpoints": [],
               "tls_host": "127.0.0.1", "tls_port": 443, "tls_server_names": ["localhost"], "tls_ca_file": None,
               "tls_timeout": 5, "memory_ceiling_percent": 20.0}
@@ -361,11 +366,11 @@ def test_docker_verify_running_fixture(tmp_path):
         cu.apply(cu.Engine(str(d), name), proj, cu.Options(pull="never", wait_timeout=60))
         res = module.run(params)
         assert res["changed"] is False
-        assert res["summary"]["errors"] == 0 and res["summary"]["accepted"] == 1, res["table"]
+        assert res["summary"]["error"] == 0 and res["summary"]["accepted"] == 1, res["table"]
         assert "2 of 3 containers meet the whole baseline" in res["table"]
         accepted = [f for f in res["findings"] if f["accepted"]]
         assert accepted[0]["service"] == "init" and accepted[0]["rule"] == sv.RULE_NON_ROOT
-        assert {f["service"]: f["message"] for f in res["findings"] if f["check"] == "health"} == {
+        assert {f["service"]: f["message"] for f in res["findings"] if f["rule"] == "health"} == {
             "init": "completed", "web": "ready", "worker": "ready"}
         assert res["memory"]["limit_sum"] == 2 * 32 * MIB
         subprocess.run(["docker", "stop", "-t", "1", f"{name}-worker-1"], check=True, capture_output=True)

@@ -6,6 +6,7 @@ import json
 import os
 
 import pytest
+from ansible_collections.hyhome.bootstrap.plugins.module_utils import mounts
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_model import (
     EnvRef,
     Location,
@@ -14,14 +15,19 @@ from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_model imp
     Secret,
     SecretRef,
     Service,
+    load_raw,
+    project_from_raw,
 )
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_validate import (
+    MAX_SCRIPT_BYTES,
     RULES,
     explain_config_error,
     lint_files,
+    literal_credential,
     main,
     render_table,
     run,
+    split_compose_output,
     validate,
 )
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyHomeError
@@ -58,7 +64,6 @@ def test_defects_fixture_exact_findings():
         ("error", "bind-missing-file", "api", c, 6),
         ("error", "secret-undeclared", "api", c, 6),
         ("error", "secret-undeclared", "api", c, 6),
-        ("error", "security-writable-bind", "api", c, 6),
         ("error", "interpolation-trap", "api", c, 13),
         ("error", "interpolation-trap", "api", c, 15),
         ("error", "security-cap-drop-all", "tooling", c, 23),
@@ -71,20 +76,20 @@ def test_defects_fixture_exact_findings():
         ("error", "security-no-new-privileges", "tooling", c, 23),
         ("error", "security-non-root", "tooling", c, 23),
         ("error", "security-privileged", "tooling", c, 23),
-        ("error", "security-writable-bind", "tooling", c, 23),
-        ("accepted", "security-docker-socket", "proxy", c, 32),
-        ("error", "security-memory-limit", "proxy", c, 32),
-        ("accepted", "security-non-root", "proxy", c, 32),
-        ("error", "secret-duplicate", None, c, 57),
+        ("accepted", "security-docker-socket", "proxy", c, 33),
+        ("error", "security-memory-limit", "proxy", c, 33),
+        ("accepted", "security-non-root", "proxy", c, 33),
+        ("error", "secret-duplicate", None, c, 58),
         ("error", "secret-alias", "alertmanager", m, 13),
         ("error", "secret-alias", "alertmanager", m, 15),
-        ("warning", "x-hyhome", "proxy", c, 32),
-        ("warning", "secret-unused", None, c, 51),
-        ("warning", "secret-unused", None, c, 53),
-        ("warning", "secret-unused", None, c, 55),
-        ("warning", "secret-unused", None, c, 57),
-        ("info", "x-hyhome", "proxy", c, 32),
-        ("info", "x-hyhome", "proxy", c, 32),
+        ("warning", "security-writable-bind", "tooling", c, 23),
+        ("warning", "x-hyhome", "proxy", c, 33),
+        ("warning", "secret-unused", None, c, 52),
+        ("warning", "secret-unused", None, c, 54),
+        ("warning", "secret-unused", None, c, 56),
+        ("warning", "secret-unused", None, c, 58),
+        ("info", "x-hyhome", "proxy", c, 33),
+        ("info", "x-hyhome", "proxy", c, 33),
     ]
     messages = [f.message for f in findings]
     assert "reads /run/secrets/api_token but does not declare secret api_token" in messages
@@ -111,7 +116,10 @@ def test_defects_fixture_exact_findings():
                         "security-non-root": "binds port 80 inside the container"}
     # the compose warnings for HOSTNAME/API_PORT are the traps already reported: not repeated
     assert not [f for f in findings if f.rule == "compose-warning"]
-    assert report["summary"] == {"error": 21, "warning": 5, "info": 2, "accepted": 2} and not report["ok"]
+    # only the writable *configuration* bind is a finding (a warning); the writable data bind ./data/api is fine
+    (writable,) = [f for f in findings if f.rule == "security-writable-bind"]
+    assert writable.message.startswith("bind mount /etc/api.example.yml is configuration (a file) mounted writable")
+    assert report["summary"] == {"error": 19, "warning": 6, "info": 2, "accepted": 2} and not report["ok"]
 
 
 @pytest.mark.docker
@@ -126,7 +134,7 @@ def test_undefined_secret_config_error_and_raw_checks():
     project, findings, _ = run(fixture("unregistered"))
     assert project.source == "raw"
     assert summary_of(findings) == [
-        ("error", "compose-config", None, "unregistered/compose.yaml", None),
+        ("error", "compose-config", None, "unregistered/compose.yaml", 3),
         ("error", "secret-unregistered", "app", "unregistered/compose.yaml", 3),
     ]
     assert findings[0].message == (
@@ -138,10 +146,14 @@ def test_undefined_secret_config_error_and_raw_checks():
 @pytest.mark.docker
 def test_root_and_include_conflict_is_explained():
     _, findings, _ = run(fixture("conflict"))
-    assert summary_of(findings) == [("error", "compose-config", None, "conflict/compose.yaml", None)]
+    assert summary_of(findings) == [
+        ("error", "compose-config", None, "conflict/compose.yaml", 15),
+        ("error", "resource-redeclared", None, "conflict/db/compose.yaml", 12),
+    ]
     assert findings[0].message.startswith(
         "docker compose config failed: secrets.smtp_password conflicts with imported resource -- secrets "
         "'smtp_password' is defined both in the root file and in a file it includes")
+    assert findings[1].message.startswith("secret smtp_password is declared in compose.yaml:15 and again here")
 
 
 @pytest.mark.docker
@@ -214,7 +226,7 @@ def test_cli_exit_codes_and_json(tmp_path, capsys):
     table = capsys.readouterr().out
     assert "secret-alias" in table and table.rstrip().endswith("-- FAILED")
     report = json.loads(report_path.read_text())
-    assert report["summary"]["error"] == 21
+    assert report["summary"]["error"] == 19
     assert report["findings"][0]["file"] == "compose.yaml"
     assert oct(report_path.stat().st_mode & 0o777) == "0o644"
     assert main([fixture("clean")]) == 0
@@ -274,16 +286,43 @@ def test_one_shot_sidecar_needs_no_healthcheck_but_others_do():
     assert rules(validate(project(init, app, lonely))) == [("error", "security-healthcheck", "lonely")]
 
 
-def test_writable_bind_declared_and_volume_binds():
-    mounts = [
-        Mount("bind", "/data", False, "/srv/data"),
-        Mount("bind", "/cfg", True, "/srv/cfg"),
-        Mount("volume", "/bound", False, "/srv/bound", "bound", False),
+def test_only_writable_config_binds_are_a_finding(tmp_path):
+    """A writable bind of configuration (a file, a git-tracked directory, x-hyhome.config) is a warning;
+    writable data directories, declared writable targets, read-only and volume mounts are fine."""
+    import subprocess
+
+    root = tmp_path / "p"
+    (root / "conf.d").mkdir(parents=True)
+    (root / "conf.d" / "a.conf").write_text("x\n")
+    (root / "app.ini").write_text("x\n")
+    (root / "data").mkdir()
+    (root / "data" / ".gitkeep").write_text("")
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=root, check=True)
+    mounts.clear_cache()
+    r = str(root)
+    binds = [
+        Mount("bind", "/etc/app/conf.d", False, f"{r}/conf.d"),        # git-tracked directory: config
+        Mount("bind", "/etc/app.ini", False, f"{r}/app.ini"),          # a file: config
+        Mount("bind", "/etc/app.ini.ro", True, f"{r}/app.ini"),        # read-only: fine
+        Mount("bind", "/data", False, f"{r}/data"),                     # only a placeholder is tracked: data
+        Mount("bind", "/srv/new", False, f"{r}/new-data"),              # missing directory: data
+        Mount("bind", "/plugins", False, f"{r}/plugins"),               # declared config, below
+        Mount("bind", "/var/lib/app", False, f"{r}/conf.d"),            # declared writable: fine
+        Mount("volume", "/bound", False, f"{r}/bound", "bound", False),
         Mount("volume", "/named", False, None, "named", False),
     ]
-    found = validate(project(svc(mounts=mounts, extensions={"x-hyhome": {"writable": ["/data/"]}})))
-    assert [(f.rule, f.message) for f in found] == [
-        ("security-writable-bind", "bind mount /bound is writable but not declared writable")]
+    ext = {"x-hyhome": {"writable": ["/var/lib/app/"], "config": ["/plugins"]}}
+    p = Project("p", r, [f"{r}/compose.yaml"], services={"s": svc(mounts=binds, extensions=ext)})
+    found = validate(p)
+    assert [(f.severity, f.rule, f.message.split(" mounted")[0]) for f in found] == [
+        ("warning", "security-writable-bind", "bind mount /etc/app.ini is configuration (a file)"),
+        ("warning", "security-writable-bind",
+         "bind mount /etc/app/conf.d is configuration (a directory holding git-tracked files)"),
+        ("warning", "security-writable-bind", "bind mount /plugins is configuration (listed in x-hyhome.config)"),
+    ]
+    assert found[0].hint == ("mount it read-only (:ro), or list /etc/app.ini in x-hyhome.writable if the service "
+                             "writes there")
 
 
 def test_writable_declaration_must_name_a_bind_mount():
@@ -359,6 +398,19 @@ def test_interpolation_trap_rules():
     p = project(svc(raw_interpolations=refs), env_file_vars=["USER_FROM_ENV"])
     assert [(f.rule, f.line, f.message.split(" is ")[0]) for f in validate(p)] == [
         ("interpolation-trap", 7, "$HOME in command")]
+
+
+def test_variables_meant_for_compose_are_not_traps(tmp_path):
+    """A variable listed in .env.example (a fresh clone has no .env yet) or used outside command,
+    entrypoint and healthcheck is compose's on purpose; only the others are traps."""
+    (tmp_path / ".env.example").write_text("FROM_EXAMPLE=x\n")
+    loc = Location(str(tmp_path / "compose.yaml"), 4)
+    refs = [EnvRef(n, False, False, loc, "services.s.command[1]", "s", "$" + n)
+            for n in ("FROM_EXAMPLE", "IN_LABELS", "TRAP")]
+    elsewhere = EnvRef("IN_LABELS", False, False, loc, "services.s.labels.host", "s", "${IN_LABELS}")
+    p = Project("p", str(tmp_path), [str(tmp_path / "compose.yaml")], env_refs=[*refs, elsewhere],
+                env_file=str(tmp_path / ".env"), services={"s": svc(raw_interpolations=refs)})
+    assert [(f.rule, f.subject) for f in validate(p)] == [("interpolation-trap", "TRAP")]
 
 
 def test_bind_missing_file_heuristics(tmp_path):
@@ -443,7 +495,287 @@ def test_entry_script_exit_codes(tmp_path):
     report = tmp_path / "r.json"
     defects = subprocess.run([script, fixture("defects"), "--json", str(report)], capture_output=True, text=True,
                              check=False)
-    assert defects.returncode == 1 and json.loads(report.read_text())["summary"]["error"] == 21
+    assert defects.returncode == 1 and json.loads(report.read_text())["summary"]["error"] == 19
     missing = subprocess.run([script, fixture("nope")], capture_output=True, text=True, check=False)
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert missing.stderr.strip() == f"validate: project directory {fixture('nope')} does not exist"
+
+
+# ---------------------------------------------------------------- real-world shapes (issue 9)
+
+@pytest.mark.docker
+def test_realworld_fixture_exact_findings():
+    """Literal credentials, a Swarm-only secret, a mounted script reading an undeclared secret, one-shot
+    jobs without healthcheck (fine), a writable config file (warning) next to a writable data dir (fine)."""
+    project, findings, report = run(fixture("realworld"))
+    assert project.source == "config"
+    c, o, s = "realworld/compose.yaml", "realworld/observability/compose.yaml", "realworld/storage/init/init.sh"
+    assert summary_of(findings) == [
+        ("error", "credential-literal", "db", c, 19),
+        ("error", "credential-literal", "migrate", c, 34),
+        ("error", "secret-external-swarm", "migrate", c, 41),
+        ("error", "secret-undeclared", "grafana", o, 2),
+        ("error", "credential-literal", "grafana", o, 11),
+        ("error", "credential-literal", "grafana", o, 12),
+        ("error", "secret-undeclared", "minio-init", s, 5),
+        ("warning", "compose-warning", None, c, 25),
+        ("warning", "security-writable-bind", "grafana", o, 2),
+    ]
+    by_rule = {}
+    for f in findings:
+        by_rule.setdefault(f.rule, []).append(f)
+    literal = by_rule["credential-literal"]
+    assert [f.subject for f in literal] == ["POSTGRES_PASSWORD", "API_KEY", "GF_SECURITY_ADMIN_PASSWORD",
+                                            "GF_DATABASE_URL"]
+    assert literal[0].message.startswith("environment POSTGRES_PASSWORD is a literal credential: anyone who reads")
+    assert literal[0].hint.startswith("move it to a secret: `postgres_password: {file: ./secrets/postgres_password}`")
+    assert "(it is a URL with a password in it)" in literal[3].message
+    table = render_table(report)
+    for value in ("changeme", "0c5f9a27d1e84b6b", "grafana:grafana"):  # names, never values
+        assert value not in table and value not in json.dumps(report)
+    script = by_rule["secret-undeclared"][1]
+    assert script.message == ("script storage/init/init.sh (mounted at /init/init.sh) reads "
+                              "/run/secrets/minio_console_token, but service minio-init does not declare secret "
+                              "minio_console_token")
+    assert script.hint == ("add `secrets: [minio_console_token]` to service minio-init and `minio_console_token: "
+                           "{file: ./secrets/minio_console_token}` to the root secrets: registry")
+    assert by_rule["secret-undeclared"][0].message == (
+        "reads /run/secrets/smtp_password but does not declare secret smtp_password")   # Grafana's $__file{}
+    (swarm,) = by_rule["secret-external-swarm"]
+    assert 'stops with "unsupported external secret registry_token"' in swarm.message
+    assert swarm.hint == ("replace `external: true` with `file: ./secrets/registry_token` (the secrets step creates "
+                          "the file)")
+    (warning,) = by_rule["compose-warning"]   # compose prints it four times: one finding, at the first reference
+    assert warning.message == 'The "LOG_LEVEL" variable is not set. Defaulting to a blank string.'
+    assert "security-healthcheck" not in by_rule   # migrate (restart "no"), minio-init (on-failure)
+
+
+@pytest.mark.docker
+def test_redeclared_fixture_names_every_conflict_and_still_checks_raw():
+    """Compose fails on the first conflict; validate names all four, shows Compose's error line (not its
+    warnings), turns the repeated warning into one finding and runs the other rules on the raw files."""
+    project, findings, _ = run(fixture("redeclared"))
+    assert project.source == "raw"
+    r = "redeclared/"
+    assert summary_of(findings) == [
+        ("error", "compose-config", None, r + "compose.yaml", 22),
+        ("error", "resource-redeclared", None, r + "logs/compose.yaml", 9),
+        ("error", "resource-redeclared", None, r + "logs/compose.yaml", 17),
+        ("error", "resource-redeclared", None, r + "logs/compose.yaml", 20),
+        ("error", "security-memory-limit", "opensearch", r + "search/compose.yaml", 2),
+        ("error", "resource-redeclared", None, r + "search/compose.yaml", 15),
+        ("warning", "compose-warning", None, r + "compose.yaml", 19),
+    ]
+    config = findings[0]
+    assert config.message.startswith("docker compose config failed: networks.edge conflicts with imported resource -- ")
+    assert "level=warning" not in config.message and "DOMAIN" not in config.message
+    redeclared = [f for f in findings if f.rule == "resource-redeclared"]
+    assert [f.subject for f in redeclared] == ["services.gateway", "volumes.search-data", "secrets.shared_token",
+                                               "networks.edge"]
+    assert redeclared[0].message == (
+        "service gateway is declared in compose.yaml:15 and again here, differently: Compose stops at the first "
+        "such conflict (\"services.gateway conflicts with imported resource\") and names only it")
+    assert redeclared[1].message.startswith("volume search-data is declared in search/compose.yaml:18 and again")
+    assert redeclared[3].hint.startswith("declare network edge once, in the root file")
+
+
+def test_split_compose_output_separates_the_error_from_warnings():
+    stderr = ('time="2026-01-01T00:00:00Z" level=warning msg="The \\"A\\" variable is not set. Defaulting to a '
+              'blank string."\n'
+              'time="2026-01-01T00:00:00Z" level=warning msg="The \\"A\\" variable is not set. Defaulting to a '
+              'blank string."\n'
+              'time="2026-01-01T00:00:00Z" level=warning msg="/x/compose.yaml: `version` is obsolete"\n'
+              "services.db conflicts with imported resource\n")
+    errors, warnings = split_compose_output(stderr)
+    assert errors == ["services.db conflicts with imported resource"]
+    assert warnings == ['The "A" variable is not set. Defaulting to a blank string.',
+                        "/x/compose.yaml: `version` is obsolete"]
+    assert split_compose_output('time="t" level=fatal msg="boom"\n') == (["boom"], [])
+
+
+def test_config_failure_finding_shows_the_error_and_one_finding_per_warning():
+    stderr = ('time="t" level=warning msg="The \\"DOMAIN\\" variable is not set. Defaulting to a blank string."\n'
+              'time="t" level=warning msg="The \\"DOMAIN\\" variable is not set. Defaulting to a blank string."\n'
+              'time="t" level=warning msg="/p/compose.yaml: `version` is obsolete"\n'
+              "error while interpolating services.s.image: required variable IMG is missing a value: set IMG\n")
+    ref = EnvRef("IMG", False, True, Location("/p/compose.yaml", 9), "services.s.image", "s", "${IMG:?set IMG}")
+    p = project(svc(), config_error=stderr, source="raw", env_refs=[ref])
+    found = validate(p)
+    assert [(f.rule, f.line) for f in found] == [("compose-config", 9), ("compose-warning", None),
+                                                 ("compose-warning", None)]   # warnings: by message
+    assert found[0].message.startswith("docker compose config failed: error while interpolating services.s.image: "
+                                       "required variable IMG is missing a value: set IMG -- the compose files "
+                                       "require variable IMG")
+    assert [f.hint for f in found[1:]] == [
+        "delete the top-level version: key, Compose ignores it",
+        "set DOMAIN in .env, or give it a default with ${DOMAIN:-default}"]
+
+
+@pytest.mark.parametrize(("name", "value", "literal"), [
+    ("POSTGRES_PASSWORD", "postgres", True),
+    ("MINIO_ROOT_PASSWORD", "minio123", True),
+    ("KC_CLIENT_SECRET", "s3cr3t", True),
+    ("API_KEY", "abc", True),
+    ("SLACK_WEBHOOK", "https://hooks.slack.com/services/T/B/x", True),
+    ("DATABASE_URL", "postgres://app:hunter2@db/app", True),          # not sensitive by name, by value
+    ("TLS_KEY", "-----BEGIN PRIVATE KEY-----\nx", True),
+    ("POSTGRES_PASSWORD", "pa$$word", True),                            # $$ is a literal dollar
+    ("POSTGRES_PASSWORD", "${POSTGRES_PASSWORD}", False),              # interpolated: .env or the shell
+    ("POSTGRES_PASSWORD", "${PG_PASS:-}", False),
+    ("DATABASE_URL", "postgres://app:${PG_PASS}@db/app", False),
+    ("POSTGRES_PASSWORD_FILE", "/run/secrets/pg", False),              # a path, not the value
+    ("GF_SMTP_PASSWORD", "$__file{/run/secrets/smtp}", False),          # Grafana reads the file
+    ("GF_SECURITY_ADMIN_PASSWORD", "$__env{ADMIN}", False),
+    ("POSTGRES_PASSWORD", "", False),
+    ("POSTGRES_PASSWORD", None, False),                                 # passed through from the shell
+    ("ALLOW_EMPTY_PASSWORD", "yes", False),
+    ("PASSWORD_MIN_LENGTH", "12", False),
+    ("TOKEN_TTL", "30m", False),
+    ("PASSWORD_ENCRYPTION", "scram-sha-256", False),
+    ("OAUTH_TOKEN_URL", "https://sso/token", False),
+    ("POSTGRES_USER", "app", False),
+    ("KEY_TYPE", "rsa", False),
+    ("ETCD_INITIAL_CLUSTER_TOKEN", "homelab-patroni", False),         # an identifier, not a credential
+])
+def test_literal_credential(name, value, literal):
+    assert bool(literal_credential(name, value)) is literal
+
+
+def test_credential_literal_reads_raw_files_with_anchors_and_list_form(tmp_path):
+    (tmp_path / "compose.yaml").write_text(
+        "x-env: &env\n"
+        "  REDIS_PASSWORD: redis\n"
+        "services:\n"
+        "  a:\n"
+        "    image: x\n"
+        "    environment:\n"
+        "      <<: *env\n"
+        "      LOG: debug\n"
+        "  b:\n"
+        "    image: x\n"
+        "    environment:\n"
+        "      - API_TOKEN=t0ken\n"
+        "      - PLAIN=1\n"
+        "  c:\n"
+        "    image: x\n"
+        "    profiles: [off]\n"
+        "    environment: {API_TOKEN: t0ken}\n")
+    raw = load_raw(str(tmp_path))
+    found = [f for f in validate(project_from_raw(raw, profiles=[]), raw=raw) if f.rule == "credential-literal"]
+    assert [(f.service, f.subject, f.line) for f in found] == [("a", "REDIS_PASSWORD", 2), ("b", "API_TOKEN", 12)]
+    # without the raw files (a hand-built model) the rule has nothing to read
+    assert not [f for f in validate(project_from_raw(raw, profiles=[])) if f.rule == "credential-literal"]
+
+
+def _raw_project(tmp_path, files: dict[str, str], roots=None):
+    for rel, text in files.items():
+        path = tmp_path / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    raw = load_raw(str(tmp_path), files=roots)
+    return project_from_raw(raw, profiles=["*"]), raw
+
+
+def test_redeclared_ignores_root_overrides_and_identical_copies(tmp_path):
+    p, raw = _raw_project(tmp_path, {
+        "compose.yaml": "include: [a/compose.yaml, b/compose.yaml]\nservices:\n  web: {image: x}\n"
+                        "networks:\n  edge: {}\n",
+        "compose.override.yaml": "services:\n  web: {image: y, ports: ['80:80']}\n",   # -f merge: fine
+        "a/compose.yaml": "services:\n  a: {image: x}\nnetworks:\n  edge: {}\nvolumes:\n  v: {}\n",  # identical
+        "b/compose.yaml": "services:\n  b: {image: x}\nvolumes:\n  v: {driver: local}\nconfigs:\n  c: {file: ./c}\n"
+                          "secrets:\n  s: {file: ./s}\n",
+        "c/compose.yaml": "configs:\n  c: {file: ../b/c}\n",     # not included: not part of the project
+    })
+    assert raw.roots == [str(tmp_path / "compose.yaml"), str(tmp_path / "compose.override.yaml")]
+    found = [f for f in validate(p, raw=raw) if f.rule == "resource-redeclared"]
+    assert [(os.path.relpath(f.file, tmp_path), f.line, f.subject) for f in found] == [
+        ("b/compose.yaml", 4, "volumes.v")]
+    assert found[0].message.startswith("volume v is declared in a/compose.yaml:6 and again here, differently")
+
+
+def test_external_secret_outside_swarm_names_each_consumer():
+    registry = {"token": Secret("token", None, external=True, location=Location("/p/compose.yaml", 20)),
+                "unused": Secret("unused", None, external=True)}
+    s1 = svc("a", secrets=[SecretRef("token", "/run/secrets/token")])
+    s2 = svc("b", secrets=[SecretRef("token", "/run/secrets/token")])
+    p = project(s1, s2, secrets={"token": registry["token"]}, unused_secrets={"unused": registry["unused"]})
+    found = [f for f in validate(p) if f.rule == "secret-external-swarm"]
+    assert [(f.service, f.subject, f.line) for f in found] == [(None, "unused", None), ("a", "token", 20),
+                                                               ("b", "token", 20)]
+
+
+@pytest.mark.parametrize(("restart", "depended", "kind", "needs"), [
+    (None, False, None, True),
+    ("unless-stopped", False, None, True),
+    ("always", False, None, True),
+    ("no", False, None, False),
+    ("on-failure", False, None, False),
+    ("on-failure:3", False, None, False),
+    (None, True, None, False),            # a dependant waits for service_completed_successfully
+    (None, False, "init", False),         # x-hyhome: {kind: init}
+])
+def test_healthcheck_only_for_long_running_services(restart, depended, kind, needs):
+    job = svc("job", healthcheck=None, restart=restart,
+              extensions={"x-hyhome": {"kind": kind}} if kind else {})
+    others = [svc("app", depends_on={"job": {"condition": "service_completed_successfully"}})] if depended else []
+    found = rules(validate(project(job, *others)))
+    assert found == ([("error", "security-healthcheck", "job")] if needs else [])
+
+
+# ---------------------------------------------------------------- secrets read by mounted scripts
+
+def _script_project(root, mounts_, declared=()):
+    s = svc("job", mounts=mounts_, secrets=[SecretRef(n, f"/run/secrets/{n}") for n in declared])
+    return Project("p", str(root), [f"{root}/compose.yaml"], services={"job": s},
+                   secrets={n: Secret(n, f"{root}/secrets/{n}") for n in declared})
+
+
+def test_mounted_scripts_reads_are_checked(tmp_path):
+    init = tmp_path / "init"
+    (init / "sub").mkdir(parents=True)
+    (init / "10-users.sh").write_text("#!/bin/sh\n# /run/secrets/in_a_comment\npsql -f /run/secrets/db_pass\n"
+                                      "x=$(cat /run/secrets/declared)\n")
+    (init / "sub" / "20-more.py").write_text("open('/run/secrets/py_secret').read()\n")
+    (init / "README.md").write_text("cat /run/secrets/not_a_script\n")
+    (tmp_path / "entrypoint").write_text("#!/bin/sh\nexec app --token-file /run/secrets/app_token.\n")
+    binds = [Mount("bind", "/docker-entrypoint-initdb.d", True, str(init)),
+             Mount("bind", "/entrypoint", True, str(tmp_path / "entrypoint"))]
+    found = validate(_script_project(tmp_path, binds, declared=["declared"]))
+    got = [(f.rule, os.path.relpath(f.file, tmp_path), f.line, f.subject) for f in found
+           if f.rule == "secret-undeclared"]
+    assert got == [
+        ("secret-undeclared", "entrypoint", 2, "app_token"),
+        ("secret-undeclared", "init/10-users.sh", 3, "db_pass"),
+        ("secret-undeclared", "init/sub/20-more.py", 1, "py_secret"),
+    ]
+    msgs = [f.message for f in found if f.rule == "secret-undeclared"]
+    assert msgs[1] == ("script init/10-users.sh (mounted at /docker-entrypoint-initdb.d/10-users.sh) reads "
+                       "/run/secrets/db_pass, but service job does not declare secret db_pass")
+
+
+def test_script_reading_is_safe(tmp_path):
+    """Only regular files inside the project, below the size cap, not binary; no symlink escape, no FIFO."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "leak.sh").write_text("cat /run/secrets/outside\n")
+    root = tmp_path / "p"
+    scripts = root / "scripts"
+    scripts.mkdir(parents=True)
+    (scripts / "escape.sh").symlink_to(outside / "leak.sh")
+    os.mkfifo(scripts / "fifo.sh")
+    (scripts / "big.sh").write_text("cat /run/secrets/big\n" + "#" * MAX_SCRIPT_BYTES)
+    (scripts / "binary.sh").write_bytes(b"\0cat /run/secrets/binary\n")
+    (scripts / "ok.sh").write_text("cat /run/secrets/ok\n")
+    (root / "linkdir").symlink_to(outside, target_is_directory=True)
+    binds = [Mount("bind", "/scripts", True, str(scripts)),
+             Mount("bind", "/linked", True, str(root / "linkdir")),          # a directory outside, via a link
+             Mount("bind", "/host", True, str(outside))]                    # the host's: not read
+    found = [f for f in validate(_script_project(root, binds)) if f.rule == "secret-undeclared"]
+    assert [f.subject for f in found] == ["ok"]
+
+
+def test_writable_data_directories_are_not_scanned_for_scripts(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "run.sh").write_text("cat /run/secrets/x\n")
+    found = validate(_script_project(tmp_path, [Mount("bind", "/data", False, str(tmp_path / "data"))]))
+    assert not [f for f in found if f.rule == "secret-undeclared"]

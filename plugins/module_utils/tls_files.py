@@ -1,0 +1,570 @@
+"""TLS files on disk: the leaf certificate, its key and the CA copy; the local CA directory; trust stores.
+
+Pure core of the ``tls_certificate``, ``local_ca`` and ``tls_owner`` modules (no AnsibleModule here). The modules
+hand in their options and get back an :class:`Outcome`; the certificate logic itself (profiles,
+``leaf_reasons``, issuing) is in ``tls``. Commands (trust store refresh, ``certutil``) go through a
+``run(argv) -> (rc, stdout, stderr)`` callable, so the adapter decides how they run. Every
+``OSError`` becomes a HyHomeError naming the file and what was being done.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import os
+import shutil
+from dataclasses import dataclass, field
+
+from ansible_collections.hyhome.bootstrap.plugins.module_utils import identity, mounts, tls
+from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyHomeError
+from ansible_collections.hyhome.bootstrap.plugins.module_utils.fileops import (
+    atomic_write,
+    parse_mode,
+    read_bytes,
+    refuse_dangerous,
+    remove_stale_temps,
+    resolve_owner,
+)
+
+
+@dataclass
+class Outcome:
+    """What a module returns: ``changed``, the result keys, warnings to emit, the diff."""
+
+    changed: bool = False
+    result: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    diff: dict = field(default_factory=lambda: {"before": "", "after": ""})
+
+
+def _os_errors(what: str):
+    """Decorator: an OSError in the wrapped function becomes a HyHomeError saying what failed."""
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def inner(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except OSError as exc:
+                target = f" {exc.filename}" if exc.filename else ""
+                raise HyHomeError(f"{what}: cannot access{target}: {exc.strerror or exc}") from None
+        return inner
+    return wrap
+
+
+def _within(parent: str, path: str) -> bool:
+    parent = os.path.realpath(parent)
+    path = os.path.realpath(path)
+    return path == parent or path.startswith(parent.rstrip("/") + "/")
+
+
+# --------------------------------------------------------------------------------------------
+# Leaf certificate
+
+
+@dataclass
+class LeafRequest:
+    """Where the leaf files go, with which owner and modes, and what the certificate must contain."""
+
+    ca_dir: str
+    cert_path: str
+    key_path: str
+    ca_copy_path: str | None
+    key_mode: int
+    cert_mode: int
+    uid: int
+    gid: int
+    profile: object            # tls.LeafProfile
+    regenerate: str = "auto"
+    reuse_key: bool = True
+
+    @classmethod
+    def from_options(cls, p: dict) -> LeafRequest:
+        """Resolve and check the ``tls_certificate`` options; raises HyHomeError on bad input."""
+        ca_dir = os.path.abspath(os.path.expanduser(p.get("ca_path") or tls.default_ca_dir()))
+        certs_dir = p.get("certs_dir")
+        project_dir = p.get("project_dir")
+        if not certs_dir and project_dir:
+            certs_dir = os.path.join(project_dir, "secrets", "certs")
+        if not certs_dir and not (p.get("cert_path") and p.get("key_path")):
+            raise HyHomeError("give project_dir (or certs_dir, or both cert_path and key_path) to say where to write")
+        cert_path = os.path.abspath(p.get("cert_path") or os.path.join(certs_dir, "cert.pem"))
+        key_path = os.path.abspath(p.get("key_path") or os.path.join(certs_dir, "key.pem"))
+        if p.get("ca_copy_path") == "":
+            ca_copy_path = None
+        else:
+            ca_copy_path = os.path.abspath(p.get("ca_copy_path") or os.path.join(
+                certs_dir or os.path.dirname(cert_path), tls.CA_CERT_FILE))
+        for path, what in ((cert_path, "certificate path"), (key_path, "key path"), (ca_copy_path, "CA copy path")):
+            if path:
+                refuse_dangerous(path, what)
+                refuse_dangerous(os.path.dirname(path), f"directory of the {what}")
+        if project_dir and _within(project_dir, ca_dir):
+            raise HyHomeError(
+                f"the CA directory {ca_dir} is inside the project {project_dir}: keep the CA key outside "
+                "the compose project so it can never be mounted into a container"
+            )
+        if key_path in (cert_path, ca_copy_path):
+            raise HyHomeError("key_path must differ from cert_path and ca_copy_path")
+        if p.get("regenerate", "auto") not in ("auto", "never", "fail", "always"):
+            raise HyHomeError("regenerate must be one of auto, never, fail, always")
+        uid, gid = resolve_owner(p.get("owner"), p.get("group"))
+        profile = tls.LeafProfile.from_names(
+            p.get("names"),
+            key_type=p.get("key_type", "rsa"),
+            rsa_bits=p.get("rsa_bits", tls.LEAF_RSA_BITS),
+            validity_days=p.get("validity_days"),
+            allow_long_validity=bool(p.get("allow_long_validity")),
+            client_auth=bool(p.get("client_auth")),
+            renew_before_days=p.get("renew_before_days", tls.DEFAULT_RENEW_BEFORE_DAYS),
+            organization=p.get("organization") or tls.LEAF_ORGANIZATION,
+            organizational_unit=p.get("organizational_unit") or "",
+        )
+        return cls(ca_dir, cert_path, key_path, ca_copy_path,
+                   parse_mode(p.get("mode", "0600"), "mode"), parse_mode(p.get("cert_mode", "0644"), "cert_mode"),
+                   uid, gid, profile, p.get("regenerate", "auto"), p.get("reuse_key", True) is not False)
+
+
+def load_ca(ca_dir: str):
+    """(certificate, key, certificate PEM) of the CA in ``ca_dir``, checked to belong together."""
+    cert_file = os.path.join(ca_dir, tls.CA_CERT_FILE)
+    key_file = os.path.join(ca_dir, tls.CA_KEY_FILE)
+    cert_pem = read_bytes(cert_file, "the CA certificate")
+    if cert_pem is None:
+        raise HyHomeError(f"no CA certificate at {cert_file}: create the CA first (hyhome.bootstrap.local_ca)")
+    key_pem = read_bytes(key_file, "the CA key")
+    if key_pem is None:
+        raise HyHomeError(f"no CA key at {key_file}: the CA in {ca_dir} is incomplete")
+    ca_cert = tls.load_cert(cert_pem, f"the CA certificate {cert_file}")
+    ca_key = tls.load_key(key_pem, f"the CA key {key_file}")
+    tls.check_ca_pair(ca_cert, ca_key)
+    return ca_cert, ca_key, cert_pem
+
+
+def _describe_leaf(summary, key_present: bool) -> str:
+    if summary is None:
+        return "(no certificate)\n" if not key_present else "(no valid certificate)\n"
+    return "".join(f"{k}: {summary[k]}\n" for k in (
+        "sans", "subject", "issuer", "serial", "not_before", "not_after", "key", "fingerprint_sha256",
+        "public_key_fingerprint_sha256"))
+
+
+class _Attrs:
+    """Owner/mode drift, fixed apart from content drift (as community.crypto does)."""
+
+    def __init__(self, uid: int, gid: int, check: bool):
+        self.uid, self.gid, self.check = uid, gid, check
+        self.changed = False
+
+    def fix(self, path: str, mode: int) -> None:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return
+        want_uid = st.st_uid if self.uid == -1 else self.uid
+        want_gid = st.st_gid if self.gid == -1 else self.gid
+        if (st.st_uid, st.st_gid) != (want_uid, want_gid):
+            self.changed = True
+            if not self.check:
+                os.chown(path, want_uid, want_gid)
+        if st.st_mode & 0o7777 != mode:
+            self.changed = True
+            if not self.check:
+                os.chmod(path, mode)
+
+
+def _would_create_ca(req: LeafRequest) -> Outcome:
+    """Check mode on a new machine: the CA task before this one only pretended to create the CA."""
+    reason = tls.Reason("ca_missing", f"the CA in {req.ca_dir} does not exist yet; it would be created first")
+    return Outcome(True, {
+        "issued": True, "kept": False, "new_key": True, "reasons": [str(reason)], "reason_codes": [reason.code],
+        "cert_path": req.cert_path, "key_path": req.key_path, "ca_copy_path": req.ca_copy_path,
+        "ca_fingerprint_sha256": None, "ca_not_after": None,
+    })
+
+
+@_os_errors("leaf certificate")
+def ensure_leaf(req: LeafRequest, check: bool = False, diff: bool = False) -> Outcome:
+    """Issue, re-issue or keep the leaf per ``req``; write only what differs (nothing in check mode)."""
+    if check and not os.path.exists(os.path.join(req.ca_dir, tls.CA_CERT_FILE)):
+        return _would_create_ca(req)
+    out = Outcome()
+    ca_cert, ca_key, ca_pem = load_ca(req.ca_dir)
+    tls.check_name_constraints(req.profile.sans, ca_cert)
+    cert_pem = read_bytes(req.cert_path, "the certificate")
+    key_pem = read_bytes(req.key_path, "the private key")
+    reasons = tls.leaf_reasons(req.profile, cert_pem, key_pem, ca_cert)
+    if req.regenerate == "always" and not any(r.code == "cert_missing" for r in reasons):
+        reasons.append(tls.Reason("always", "regenerate=always"))
+    exists = cert_pem is not None or key_pem is not None
+    issue = bool(reasons)
+    kept = False
+    if issue and exists and req.regenerate == "never":
+        issue, kept = False, True
+        out.warnings.append("certificate kept (regenerate=never) although: " + "; ".join(map(str, reasons)))
+    if issue and exists and req.regenerate == "fail":
+        raise HyHomeError("the certificate would be re-issued (regenerate=fail): " + "; ".join(map(str, reasons)))
+    codes = {r.code for r in reasons}
+    new_key = issue and (not req.reuse_key or bool(codes & tls.KEY_REASONS))
+    out.result = {
+        "issued": issue, "kept": kept, "new_key": new_key,
+        "reasons": [str(r) for r in reasons], "reason_codes": [r.code for r in reasons],
+        "cert_path": req.cert_path, "key_path": req.key_path, "ca_copy_path": req.ca_copy_path,
+        "ca_fingerprint_sha256": tls.cert_fingerprint(ca_cert),
+        "ca_not_after": ca_cert.not_valid_after_utc.isoformat(),
+    }
+    before = None
+    if cert_pem is not None and "cert_unparsable" not in codes:
+        before = tls.cert_summary(tls.load_cert(cert_pem))
+    current = after = before
+    attrs = _Attrs(req.uid, req.gid, check)
+    if issue:
+        key = tls.generate_key(req.profile.key_type, req.profile.rsa_bits) if new_key else None
+        key = key or tls.load_key(key_pem)
+        cert = tls.issue_leaf(req.profile, key, ca_cert, ca_key)
+        after = tls.cert_summary(cert)
+        out.changed = True
+        if not check:
+            _write_leaf(req, cert, key if new_key else None)
+            current = after
+    if req.ca_copy_path:
+        if read_bytes(req.ca_copy_path, "the CA copy") != ca_pem:
+            out.changed = True
+            if not check:
+                os.makedirs(os.path.dirname(req.ca_copy_path), mode=0o755, exist_ok=True)
+                atomic_write(req.ca_copy_path, ca_pem, mode=req.cert_mode, uid=req.uid, gid=req.gid)
+        else:
+            attrs.fix(req.ca_copy_path, req.cert_mode)
+    if not check or not issue:
+        attrs.fix(req.key_path, req.key_mode)
+        attrs.fix(req.cert_path, req.cert_mode)
+    out.changed = out.changed or attrs.changed
+    if current is not None:
+        for k in ("not_before", "not_after", "serial", "sans", "fingerprint_sha256", "public_key_fingerprint_sha256"):
+            out.result[k] = current[k]
+    if diff:
+        out.diff = {"before": _describe_leaf(before, key_pem is not None), "after": _describe_leaf(after, True)}
+    warning = tls.ca_warning(tls.ca_status(ca_cert))
+    if warning:
+        out.warnings.append(warning)
+    if after is not None and ca_cert.not_valid_after_utc < dt.datetime.fromisoformat(after["not_after"]):
+        out.warnings.append("the CA expires before this certificate: clients stop trusting it when the CA expires")
+    return out
+
+
+def _write_leaf(req: LeafRequest, cert, key) -> None:
+    for path in {os.path.dirname(req.cert_path), os.path.dirname(req.key_path)}:
+        os.makedirs(path, mode=0o755, exist_ok=True)
+    remove_stale_temps(os.path.dirname(req.key_path), os.path.basename(req.key_path))
+    remove_stale_temps(os.path.dirname(req.cert_path), os.path.basename(req.cert_path))
+    # Key before certificate: a crash in between leaves a mismatch the next run repairs.
+    if key is not None:
+        atomic_write(req.key_path, tls.key_to_pem(key), mode=req.key_mode, uid=req.uid, gid=req.gid)
+    atomic_write(req.cert_path, tls.cert_to_pem(cert), mode=req.cert_mode, uid=req.uid, gid=req.gid)
+
+
+# --------------------------------------------------------------------------------------------
+# Local CA
+
+
+@dataclass
+class CARequest:
+    path: str
+    profile: object            # tls.CAProfile
+    regenerate: str = "never"
+    expiry_warning_days: int = tls.DEFAULT_CA_WARNING_DAYS
+
+    @property
+    def cert_path(self) -> str:
+        return os.path.join(self.path, tls.CA_CERT_FILE)
+
+    @property
+    def key_path(self) -> str:
+        return os.path.join(self.path, tls.CA_KEY_FILE)
+
+    @classmethod
+    def from_options(cls, p: dict) -> CARequest:
+        path = os.path.abspath(os.path.expanduser(p.get("path") or tls.default_ca_dir()))
+        if p.get("regenerate", "never") not in ("never", "fail", "always"):
+            raise HyHomeError("regenerate must be one of never, fail, always")
+        profile = tls.CAProfile(
+            organization=p.get("organization") or tls.CA_ORGANIZATION,
+            organizational_unit=p.get("organizational_unit") or "",
+            common_name=p.get("common_name") or "",
+            key_type=p.get("key_type", "rsa"),
+            rsa_bits=p.get("rsa_bits", tls.CA_RSA_BITS),
+            validity_days=p.get("validity_days"),
+            permitted_dns=tuple(p.get("permitted_dns_domains") or ()),
+            permitted_ip=tuple(p.get("permitted_ip_ranges") or ()),
+        )
+        return cls(path, profile, p.get("regenerate", "never"),
+                   p.get("expiry_warning_days", tls.DEFAULT_CA_WARNING_DAYS))
+
+
+def _describe_ca(status: dict) -> str:
+    return "".join(f"{k}: {status[k]}\n" for k in ("subject", "serial", "not_after", "key", "fingerprint_sha256"))
+
+
+@_os_errors("local CA")
+def ensure_ca(req: CARequest, check: bool = False):
+    """Create the CA when missing, report drift, fix modes, never replace it unasked.
+
+    Returns ``(Outcome, certificate or None)``; the certificate is None in check mode before creation.
+    """
+    refuse_dangerous(req.path, "CA directory")
+    out = Outcome(result={"ca_dir": req.path, "certificate_path": req.cert_path, "key_path": req.key_path,
+                          "created": False, "regenerated": False, "drift": []})
+    cert_pem, key_pem = read_bytes(req.cert_path), read_bytes(req.key_path)
+    exists = cert_pem is not None or key_pem is not None
+    if exists and req.regenerate != "always":
+        if cert_pem is None or key_pem is None:
+            missing = req.cert_path if cert_pem is None else req.key_path
+            raise HyHomeError(
+                f"the CA in {req.path} is incomplete: {missing} is missing. Restore it from a backup; "
+                "creating a new CA (regenerate=always) would break trust on every host that trusts the old one"
+            )
+        cert = tls.load_cert(cert_pem, f"the CA certificate {req.cert_path}")
+        key = tls.load_key(key_pem, f"the CA key {req.key_path}")
+        tls.check_ca_pair(cert, key)
+        drift = tls.ca_drift(cert, req.profile)
+        out.result["drift"] = drift
+        status = tls.ca_status(cert, warning_days=req.expiry_warning_days)
+        if req.regenerate == "fail" and (drift or status["expires_soon"]):
+            problems = drift + ([tls.ca_warning(status)] if status["expires_soon"] else [])
+            raise HyHomeError("the existing CA does not satisfy the request (regenerate=fail): " + "; ".join(problems))
+        out.warnings.extend(f"existing CA in {req.path} kept although it differs from the request: {d}"
+                            for d in drift)
+        out.diff["before"] = out.diff["after"] = _describe_ca(status)
+        for path, mode in ((req.key_path, 0o400), (req.cert_path, 0o644)):
+            if os.stat(path).st_mode & 0o7777 != mode:
+                out.changed = True
+                out.result.setdefault("modes_fixed", []).append(path)
+                if not check:
+                    os.chmod(path, mode)
+        return out, cert
+    # Create (missing) or replace (regenerate=always).
+    out.result["created"] = True
+    out.result["regenerated"] = exists
+    key = tls.generate_key(req.profile.key_type, req.profile.rsa_bits)
+    cert = tls.build_ca(req.profile, key, tls.now_utc())
+    if exists:
+        old = tls.load_cert(cert_pem, "the old CA certificate") if cert_pem else None
+        out.diff["before"] = _describe_ca(tls.ca_status(old)) if old else "(incomplete CA)\n"
+    out.diff["after"] = _describe_ca(tls.ca_status(cert, warning_days=req.expiry_warning_days))
+    out.changed = True
+    if check:
+        return out, None
+    if not os.path.isdir(req.path):
+        os.makedirs(req.path, mode=0o700, exist_ok=True)
+        os.chmod(req.path, 0o700)
+    remove_stale_temps(req.path, tls.CA_KEY_FILE)
+    remove_stale_temps(req.path, tls.CA_CERT_FILE)
+    if exists:
+        stamp = dt.datetime.now().strftime("%Y%m%dT%H%M%S")
+        for path in (req.key_path, req.cert_path):
+            if os.path.exists(path):
+                os.replace(path, f"{path}.{stamp}.bak")
+    # Key first: a crash leaves a key without a certificate, which the next run reports
+    # instead of silently pairing a certificate with nothing.
+    atomic_write(req.key_path, tls.key_to_pem(key), mode=0o400)
+    atomic_write(req.cert_path, tls.cert_to_pem(cert), mode=0o644)
+    return out, cert
+
+
+# --------------------------------------------------------------------------------------------
+# Trust stores (standard library only: hosts that merely trust the CA need no cryptography)
+
+
+def _anchor_label(pem: bytes) -> str:
+    ders = tls.pem_certificates_der(pem)
+    return tls.der_fingerprint(ders[0]) if ders else "(not a certificate)"
+
+
+class TrustStores:
+    """Installs or removes one CA certificate (as DER) in the system store and NSS databases."""
+
+    def __init__(self, name: str, run, check: bool = False, which=shutil.which, home: str | None = None):
+        self.name = tls.check_trust_name(name)
+        self.run_cmd = run
+        self.check = check
+        self.which = which
+        self.home = home or os.path.expanduser("~")
+        self.changed = False
+        self.result: dict = {"system": None, "nss": []}
+        self.diff_before: list[str] = []
+        self.diff_after: list[str] = []
+        self.warnings: list[str] = []
+
+    def _run(self, argv: list[str]) -> str:
+        rc, out, err = self.run_cmd(argv)
+        if rc != 0:
+            raise HyHomeError(f"{' '.join(argv)} failed (rc={rc}): {(err or out).strip()}")
+        return out
+
+    @_os_errors("system trust store")
+    def system(self, der: bytes | None, present: bool) -> None:
+        store = tls.detect_system_store(self.which)
+        if store is None:
+            self.warnings.append(
+                "no system trust store tool found (update-ca-certificates or update-ca-trust); "
+                "install the ca-certificates package to trust the local CA system-wide"
+            )
+            return
+        anchor = store.anchor_path(self.name)
+        current = read_bytes(anchor)
+        in_bundle = der is not None and tls.bundle_contains(read_bytes(store.bundle) or b"", der)
+        if present:
+            pem = tls.der_to_pem(der)
+            need_file = current != pem
+            need_update = need_file or not in_bundle
+        else:
+            need_file = need_update = current is not None
+        entry = {"family": store.family, "anchor": anchor, "changed": need_update, "in_bundle": in_bundle}
+        self.result["system"] = entry
+        if current is not None:
+            self.diff_before.append(f"system anchor {anchor}: {_anchor_label(current)}")
+        if present:
+            self.diff_after.append(f"system anchor {anchor}: {tls.der_fingerprint(der)}")
+        if not need_update:
+            return
+        self.changed = True
+        if self.check:
+            return
+        if present:
+            os.makedirs(store.anchor_dir, mode=0o755, exist_ok=True)
+            if need_file:
+                atomic_write(anchor, pem, mode=0o644)
+            self._run(list(store.update_cmd))
+            entry["in_bundle"] = tls.bundle_contains(read_bytes(store.bundle) or b"", der)
+            if not entry["in_bundle"]:
+                raise HyHomeError(f"{' '.join(store.update_cmd)} ran but {store.bundle} does not contain the CA")
+        else:
+            os.unlink(anchor)
+            self._run(list(store.remove_cmd or store.update_cmd))
+            entry["in_bundle"] = False
+
+    def nss(self, der: bytes | None, cert_path: str, present: bool, databases) -> None:
+        certutil = self.which("certutil")
+        if not certutil:
+            return
+        for db in databases or tls.nss_databases(self.home):
+            spec = tls.nss_dbspec(db)
+            rc, out, _err = self.run_cmd([certutil, "-L", "-d", spec, "-n", self.name, "-a"])
+            have = tls.pem_certificates_der(out.encode()) if rc == 0 else []
+            need = (der not in have) if present else bool(have) or rc == 0
+            self.result["nss"].append({"database": db, "changed": need})
+            if rc == 0:
+                self.diff_before.append(f"nss {db}: {tls.der_fingerprint(have[0]) if have else 'present'}")
+            if present:
+                self.diff_after.append(f"nss {db}: {tls.der_fingerprint(der)}")
+            if not need:
+                continue
+            self.changed = True
+            if self.check:
+                continue
+            if rc == 0:
+                self._run([certutil, "-D", "-d", spec, "-n", self.name])
+            if present:
+                self._run([certutil, "-A", "-d", spec, "-t", "C,,", "-n", self.name, "-i", cert_path])
+
+
+def _ca_facts(der: bytes | None, warning_days: int, out: Outcome) -> None:
+    """Expiry facts and the loud warning, when ``cryptography`` is there to read the certificate."""
+    if not tls.HAS_CRYPTOGRAPHY or der is None:
+        return
+    cert = tls.load_cert(tls.der_to_pem(der), "the CA certificate")
+    status = tls.ca_status(cert, warning_days=warning_days)
+    out.result["ca"] = status
+    warning = tls.ca_warning(status)
+    if warning:
+        out.warnings.append(warning)
+
+
+@_os_errors("local CA")
+def run_local_ca(p: dict, run, check: bool = False, which=shutil.which) -> Outcome:
+    """The whole ``local_ca`` module: keep the CA (state=present) and/or manage trust in it."""
+    state = p.get("state", "present")
+    if state not in ("present", "trusted", "untrusted"):
+        raise HyHomeError("state must be one of present, trusted, untrusted")
+    if state == "present":
+        out, cert = ensure_ca(CARequest.from_options(p), check)
+        der = tls.cert_to_der(cert) if cert is not None else None
+        cert_path = out.result["certificate_path"]
+    else:
+        cert_path = os.path.abspath(os.path.expanduser(
+            p.get("certificate_path") or os.path.join(p.get("path") or tls.default_ca_dir(), tls.CA_CERT_FILE)))
+        out = Outcome(result={"certificate_path": cert_path})
+        pem = read_bytes(cert_path)
+        ders = tls.pem_certificates_der(pem) if pem is not None else []
+        der = ders[0] if ders else None
+        if state == "trusted" and der is None:
+            if pem is not None:
+                raise HyHomeError(f"cannot install trust: {cert_path} holds no PEM certificate")
+            if not check:
+                raise HyHomeError(f"cannot install trust: the CA certificate {cert_path} does not exist")
+            # Check mode before the copy exists (a first run): report that trust would be installed.
+            out.changed = True
+            out.result["trust"] = {"system": {"changed": True}, "nss": []}
+            out.result["msg"] = f"{cert_path} does not exist yet: trust would be installed"
+            return out
+    if der is not None:
+        out.result["certificate"] = tls.der_to_pem(der).decode()
+        out.result["fingerprint_sha256"] = tls.der_fingerprint(der)
+    _ca_facts(der, p.get("expiry_warning_days", tls.DEFAULT_CA_WARNING_DAYS), out)
+    if state in ("trusted", "untrusted") or p.get("trust"):
+        present = state != "untrusted"
+        trust = TrustStores(p.get("trust_name") or "hyhome-local-ca", run, check, which)
+        if present and der is None:
+            # Check mode before the CA exists: everything would be installed.
+            trust.changed = True
+            trust.result["system"] = {"changed": True}
+        else:
+            stores = p.get("trust_stores") or ["system", "nss"]
+            if "system" in stores:
+                trust.system(der, present)
+            if "nss" in stores:
+                trust.nss(der, cert_path, present, p.get("nss_databases") or [])
+        out.result["trust"] = trust.result
+        out.warnings.extend(trust.warnings)
+        out.changed = out.changed or trust.changed
+        out.diff["before"] += "".join(f"{x}\n" for x in trust.diff_before)
+        out.diff["after"] += "".join(f"{x}\n" for x in trust.diff_after)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Owner of the key and certificate, from the services that mount them
+
+
+def _reader_entries(readers, idents) -> list[dict]:
+    return [{"service": svc, "via": via, "uid": idents[svc].uid, "gid": idents[svc].gid,
+             "source": idents[svc].source, "detail": idents[svc].detail} for svc, via in readers]
+
+
+def derive_owner(project, key_path: str, cert_path: str, resolver) -> Outcome:
+    """Owner, group and key mode for the leaf files, from the services that read them.
+
+    The readers are the services that bind-mount the key (or a directory above it) or declare it
+    as a compose secret; with no key reader, those of the certificate. Each reader's uid:gid comes
+    from ``resolver`` (an identity.IdentityResolver). One reader uid: that uid, key 0400; several:
+    root and a shared group, key 0440 (see identity.file_access). Never changes anything.
+    """
+    key_readers = mounts.file_readers(project, key_path)
+    cert_readers = mounts.file_readers(project, cert_path)
+    basis = key_readers or cert_readers
+    idents = {svc: resolver.service(project.services[svc]) for svc, _ in key_readers + cert_readers}
+    access = identity.file_access({svc: idents[svc] for svc, _ in basis})
+    out = Outcome(result={
+        "owner": access.uid, "group": access.gid, "key_mode": f"{access.mode:04o}", "shared": access.shared,
+        "hint": access.hint if basis else None,
+        "key_readers": _reader_entries(key_readers, idents),
+        "cert_readers": _reader_entries(cert_readers, idents),
+    })
+    if not basis:
+        out.warnings.append(f"no service mounts {key_path} or {cert_path} (as a bind of the file or its "
+                            "directory, or as a compose secret): the files stay root-owned, key 0400; mount "
+                            "them where the TLS server reads them, or set the owner explicitly (tls_key_owner)")
+    elif access.hint:
+        out.warnings.append(f"{key_path} is read by services with different users: {access.hint}")
+    out.warnings.extend(resolver.warnings)
+    return out
