@@ -175,7 +175,7 @@ class Project:
     env_file: str | None = None              # the .env file used for interpolation (may not exist)
     env_file_vars: list[str] = field(default_factory=list)    # names defined there (no values)
     extensions: dict = field(default_factory=dict)            # top-level ``x-*`` keys
-    context: dict = field(default_factory=dict)   # {"cache": "hit"|"miss"|"off", "key": short key}
+    context: dict = field(default_factory=dict)   # {"cache": "hit"|"miss"|"off", "key": short key, ...}
 
 
 # --------------------------------------------------------------------------------------------
@@ -1116,7 +1116,7 @@ def _compose_config(cmd, project_dir, env, docker, raw, cache) -> tuple[subproce
         entry = project_context.read(project_dir, key)
         if entry is not None:
             return (subprocess.CompletedProcess(cmd, entry["returncode"], entry["stdout"], entry["stderr"]),
-                    {"cache": "hit", "key": key[:12]})
+                    {"cache": "hit", "key": key[:12], "full_key": key, "mode": cache})
     try:
         proc = subprocess.run(cmd, cwd=project_dir, capture_output=True, text=True,
                               timeout=CONFIG_TIMEOUT, env=env, check=False)
@@ -1126,7 +1126,9 @@ def _compose_config(cmd, project_dir, env, docker, raw, cache) -> tuple[subproce
         raise HyHomeError(f"`docker compose config` did not answer within {CONFIG_TIMEOUT}s") from None
     if key and cache == "write" and not (proc.returncode != 0 and _compose_missing(proc.stderr or "")):
         project_context.write(project_dir, key, proc.returncode, proc.stdout or "", proc.stderr or "")
-    return proc, {"cache": "miss" if key else "off", "key": key[:12] if key else None}
+    if not key:
+        return proc, {"cache": "off", "key": None}
+    return proc, {"cache": "miss", "key": key[:12], "full_key": key, "mode": cache}
 
 
 def _project_from_proc(proc: subprocess.CompletedProcess, raw: RawProject, project_dir: str, profiles) -> Project:

@@ -33,6 +33,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 
+from ansible_collections.hyhome.bootstrap.plugins.module_utils import project_context
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyHomeError
 
 PROJECT_LABEL = "com.docker.compose.project"
@@ -878,7 +879,10 @@ def apply(engine, project, opts: Options) -> dict:
     if opts.state in ("present", "restarted"):
         to_create = missing_networks(engine, project, targets, opts)
         result["networks_created"] = list(to_create) if opts.check_mode else []
-        expected = engine.config_hashes()
+        # Compose's per-service config hashes depend on the project alone: kept with its context.
+        expected = project_context.memo(
+            project, f"config-hash {project.name}", engine.config_hashes,
+            valid=lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in (*v, *v.values())))
         built, pulled = _prepare_images(engine, project, targets, opts, plan_only=opts.check_mode)
         result["images_built"], result["images_pulled"] = built, pulled
         image_ids = {n: engine.image_id(image_name(project, n)) for n in targets if image_name(project, n)}

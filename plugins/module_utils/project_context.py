@@ -26,6 +26,7 @@ API:
     context_key(raw, argv, environ) -> str                  # hex SHA-256
     read(project_dir, key) -> dict | None                   # {"returncode", "stdout", "stderr"}
     write(project_dir, key, returncode, stdout, stderr)     # best effort, never raises
+    memo(project, name, compute, valid) -> value            # more output derived from the same project
     CACHE_MODES = ("off", "read", "write")
 """
 
@@ -181,6 +182,11 @@ def _safe_dir(directory: str) -> bool:
 
 def read(project_dir: str, key: str) -> dict | None:
     """The cached entry for ``key``, or None when absent, foreign, unsafe, corrupt or for another key."""
+    doc = _read_doc(project_dir, key)
+    return None if doc is None else {k: doc[k] for k in ("returncode", "stdout", "stderr")}
+
+
+def _read_doc(project_dir: str, key: str) -> dict | None:
     directory = os.path.join(project_dir, STATE_DIR)
     if not _safe_dir(directory):
         return None
@@ -217,10 +223,11 @@ def _valid_entry(doc, key: str) -> dict | None:
             return None
         if not isinstance(config, dict) or not isinstance(config.get("services", {}), dict):
             return None
-    return {"returncode": rc, "stdout": out, "stderr": err}
+    extra = doc.get("extra", {})
+    return {"returncode": rc, "stdout": out, "stderr": err, "extra": extra if isinstance(extra, dict) else {}}
 
 
-def write(project_dir: str, key: str, returncode: int, stdout: str, stderr: str) -> bool:
+def write(project_dir: str, key: str, returncode: int, stdout: str, stderr: str, extra: dict | None = None) -> bool:
     """Store the entry atomically (0600 file in a 0700 directory). A cache that cannot be written
     is no error: the next step recomputes. Returns whether it was written."""
     from ansible_collections.hyhome.bootstrap.plugins.module_utils.fileops import atomic_write
@@ -233,8 +240,29 @@ def write(project_dir: str, key: str, returncode: int, stdout: str, stderr: str)
             return False
         if stat.S_IMODE(os.lstat(directory).st_mode) & 0o077:
             os.chmod(directory, 0o700)
-        doc = {"version": CACHE_VERSION, "key": key, "returncode": returncode, "stdout": stdout, "stderr": stderr}
+        doc = {"version": CACHE_VERSION, "key": key, "returncode": returncode, "stdout": stdout, "stderr": stderr,
+               "extra": extra or {}}
         atomic_write(cache_path(project_dir), json.dumps(doc).encode(), mode=0o600)
     except (OSError, HyHomeError):   # a cache is an optimisation, never a failure
         return False
     return True
+
+
+def memo(project, name: str, compute, valid=lambda value: True):
+    """A value derived from the project alone (same key), computed once per context and kept with it.
+
+    For results of other ``docker compose`` calls on the same project, such as ``config --hash``.
+    ``valid`` checks a stored value before it is trusted; an invalid one is recomputed.
+    """
+    context = getattr(project, "context", None) or {}
+    key, mode = context.get("full_key"), context.get("mode")
+    if not key or mode not in ("read", "write"):
+        return compute()
+    doc = _read_doc(project.working_dir, key)
+    extra = doc["extra"] if doc else {}
+    if name in extra and valid(extra[name]):
+        return extra[name]
+    value = compute()
+    if mode == "write" and doc is not None:
+        write(project.working_dir, key, doc["returncode"], doc["stdout"], doc["stderr"], {**extra, name: value})
+    return value

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # day0 on the realistic project (tests/fixtures/realistic), prepare-only, on this machine's engine:
 #   1. a fresh clone of the project (git-initialised copy); day0 with hyhome_start_stack=false and
-#      KAFKA_CLUSTER_ID from env_values succeeds in one run;
+#      KAFKA_CLUSTER_ID declared as a generated identifier (env_generated) succeeds in one run;
 #   2. `docker compose config -q` passes; every required variable is set; every secret, certificate
 #      and data directory exists; the inferred provided secrets hold the marked placeholder and
 #      both runs warn about them; the read-only host paths are reported and left untouched;
@@ -19,7 +19,6 @@ WORK=$(mktemp -d /tmp/hyhome-realistic.XXXXXX)
 PROJECT="$WORK/homelab"
 LOG="$WORK/logs"
 BASE_IMAGE=debian:bookworm-slim
-KAFKA_CLUSTER_ID=MkU3OEVBNTcwNTJENDM2Qk
 OUTSIDER=4321:4321           # a uid:gid no service of the project runs as
 HOST_PATHS=(/ /sys /var/run /var/lib/docker /dev/disk /etc/machine-id /var/log /var/lib/docker/containers)
 mkdir -p "$LOG"
@@ -63,7 +62,7 @@ day0() {   # day0 <log name> [ansible-playbook args]: prepare-only run on the co
   local log="$LOG/$1.log"
   shift
   if ! (cd "$ROOT" && "$PLAYBOOK" day0.yml -e "hyhome_project_dir=$PROJECT" -e hyhome_start_stack=false \
-         -e "{\"env_values\": {\"KAFKA_CLUSTER_ID\": \"$KAFKA_CLUSTER_ID\"}}" \
+         -e '{"env_generated": {"KAFKA_CLUSTER_ID": "kafka-cluster-id"}}' \
          -e "tls_ca_dir=$WORK/ca" -e tls_trust_install=false "$@") >"$log" 2>&1; then
     tail -n 60 "$log" >&2
     die "day0 failed (log: $log)"
@@ -88,7 +87,9 @@ say "2. the project is ready to start"
 check "docker compose config -q passes" \
   docker compose --project-directory "$PROJECT" config -q
 env_value() { grep -E "^$1=" "$PROJECT/.env" | tail -n1 | cut -d= -f2-; }
-check ".env holds KAFKA_CLUSTER_ID from env_values" test "$(env_value KAFKA_CLUSTER_ID)" = "$KAFKA_CLUSTER_ID"
+check ".env holds a generated Kafka cluster id (22 base64url characters)" \
+  grep -qE '^KAFKA_CLUSTER_ID=[A-Za-z0-9_][A-Za-z0-9_-]{21}$' "$PROJECT/.env"
+cluster_id=$(env_value KAFKA_CLUSTER_ID)
 for var in TZ HYHOME_DOMAIN SMTP_HOST SMTP_FROM SMTP_USER; do
   check ".env sets $var" test -n "$(env_value "$var")"
 done
@@ -202,6 +203,7 @@ for name in smtp_password slack_webhook github_oauth_client_secret; do
   check "run 2 warns again that $name is a placeholder" grep -q "$name holds a placeholder" "$run2"
 done
 check "host paths still untouched" test "$hosts_before" = "$(host_state)"
+check "the generated Kafka cluster id is kept" test "$(env_value KAFKA_CLUSTER_ID)" = "$cluster_id"
 
 if [ "${#failures[@]}" -gt 0 ]; then
   printf '\n[realistic] %d check(s) failed:\n' "${#failures[@]}" >&2

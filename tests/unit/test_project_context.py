@@ -316,7 +316,7 @@ def test_one_computation_for_every_step_of_a_run(tmp_path, counting_docker, monk
     assert first.context["cache"] == "miss" and calls() == 1
     for _ in range(6):   # the other steps of the run
         again = load(params(d, docker))
-        assert again.context == {"cache": "hit", "key": first.context["key"]}
+        assert context_result(again) == {"cache": "hit", "key": first.context["key"]}
     assert calls() == 1
     assert sorted(again.services) == sorted(first.services) == ["db", "web"]
     assert again.services["web"].environment == first.services["web"].environment
@@ -382,6 +382,37 @@ def test_failed_config_is_cached_with_its_error(tmp_path, counting_docker):
 def test_cache_off_always_computes(tmp_path, counting_docker):
     docker, calls = counting_docker
     d = make_project(tmp_path)
-    assert load_project(str(d), docker=docker).context == {"cache": "off", "key": None}
+    assert context_result(load_project(str(d), docker=docker)) == {"cache": "off", "key": None}
     load_project(str(d), docker=docker)
     assert calls() == 2 and not (d / ".hyhome").exists()
+
+
+@pytest.mark.docker
+def test_memo_keeps_derived_output_with_the_context(tmp_path, counting_docker):
+    docker, _ = counting_docker
+    d = make_project(tmp_path)
+    computed = []
+
+    def compute():
+        computed.append(1)
+        return {"web": "abc"}
+
+    def is_hashes(v):
+        return isinstance(v, dict) and all(isinstance(x, str) for x in v.values())
+
+    project = load(params(d, docker))
+    assert pc.memo(project, "hash", compute, is_hashes) == {"web": "abc"}
+    assert pc.memo(load(params(d, docker)), "hash", compute, is_hashes) == {"web": "abc"}
+    assert len(computed) == 1
+    assert pc.memo(load(params(d, docker), check_mode=True), "hash", compute) == {"web": "abc"}
+    assert pc.memo(load(params(d, docker), check_mode=True), "other", compute) and len(computed) == 2
+    assert "other" not in json.loads(open(pc.cache_path(str(d))).read())["extra"]   # check mode wrote nothing
+    with open(pc.cache_path(str(d))) as fh:   # a stored value that does not validate is recomputed
+        doc = json.load(fh)
+    doc["extra"]["hash"] = ["not", "a", "mapping"]
+    with open(pc.cache_path(str(d)), "w") as fh:
+        json.dump(doc, fh)
+    assert pc.memo(load(params(d, docker)), "hash", compute, is_hashes) == {"web": "abc"} and len(computed) == 3
+    (d / ".env").write_text("GREETING=new\n")                      # a new context forgets derived values
+    assert pc.memo(load(params(d, docker)), "hash", compute, is_hashes) == {"web": "abc"} and len(computed) == 4
+    assert pc.memo(load_project(str(d), docker=docker), "hash", compute) and len(computed) == 5   # cache off
