@@ -20,11 +20,6 @@ Wired to the modules in ``meta/runtime.yml`` (``plugin_routing.modules.<name>.ac
 
 from __future__ import annotations
 
-import contextlib
-import importlib.abc
-import importlib.machinery
-import importlib.util
-import io
 import json
 import os
 import sys
@@ -34,13 +29,8 @@ from ansible.module_utils.parsing.convert_bool import boolean
 from ansible.plugins.action import ActionBase
 from ansible.utils.vars import merge_hash
 from ansible.vars.clean import remove_internal_keys
+from ansible_collections.hyhome.bootstrap.plugins.plugin_utils.in_process import PROFILE, _loader, run_module
 
-try:  # the entry point of AnsiballZ itself (ansible-core 2.19); absent elsewhere -> normal path
-    from ansible.module_utils._internal._ansiballz import _loader
-except ImportError:  # pragma: no cover - another ansible-core
-    _loader = None
-
-PROFILE = "legacy"   # the serialization profile of modules that declare no metadata (all of ours)
 LOCAL_CONNECTIONS = ("local", "ansible.builtin.local", "ansible.legacy.local")
 
 
@@ -76,8 +66,7 @@ class ActionModule(ActionBase):
         interpreter = host_vars.get("ansible_python_interpreter")
         if not interpreter:
             return False
-        interpreter = str(self._templar.template(interpreter))
-        return os.path.normpath(interpreter) == os.path.normpath(sys.executable)
+        return same_python(str(self._templar.template(interpreter)), sys.executable)
 
     def _module_fqn(self) -> str | None:
         """The Python name of the module (``ansible_collections.<ns>.<coll>.plugins.modules.<name>``)."""
@@ -99,78 +88,19 @@ class ActionModule(ActionBase):
         self._compute_environment_string(environment)
         encoder = get_module_encoder(PROFILE, Direction.CONTROLLER_TO_MODULE)
         params = json.dumps({"ANSIBLE_MODULE_ARGS": module_args}, cls=encoder).encode()
-        stdout, rc = _run_module(module_fqn, params, environment)
+        stdout, rc = run_module(module_fqn, params, environment)
         data = self._parse_returned_data({"stdout": stdout, "stderr": "", "rc": rc}, PROFILE)
         data.pop("_ansible_suppress_tmpdir_delete", None)
         remove_internal_keys(data)   # as the normal path does
         return data
 
 
-class _BytecodeCachingLoader(importlib.machinery.SourceFileLoader):
-    """Python's own source loader, keeping the bytecode under a cache directory outside the project
-    (so even check mode leaves the tree as it was); only for the files this finder hands it."""
-
-    def get_code(self, fullname):
-        saved = sys.pycache_prefix, sys.dont_write_bytecode
-        # ansible's workers inherit dont_write_bytecode=True; the prefix keeps the project clean
-        sys.pycache_prefix, sys.dont_write_bytecode = _pycache_prefix(), False
-        try:
-            return super().get_code(fullname)
-        finally:
-            sys.pycache_prefix, sys.dont_write_bytecode = saved
-
-
-class _BytecodeCachingFinder(importlib.abc.MetaPathFinder):
-    """Plain source files of this collection's modules and module_utils, through that loader.
-
-    Ansible's collection loader compiles every collection file from source on each import (about a
-    third of a module run here). Packages stay with Ansible's loader.
-    """
-
-    def __init__(self, prefixes: tuple[str, ...]):
-        self.prefixes = prefixes
-
-    def find_spec(self, fullname, path=None, target=None):
-        if not fullname.startswith(self.prefixes) or not path:
-            return None
-        leaf = fullname.rsplit(".", 1)[-1]
-        for directory in path:
-            candidate = os.path.join(directory, leaf + ".py")
-            if os.path.isfile(candidate):
-                return importlib.util.spec_from_file_location(
-                    fullname, candidate, loader=_BytecodeCachingLoader(fullname, candidate))
-        return None
-
-
-def _pycache_prefix() -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "hyhome-bootstrap", "pycache")
-
-
-def _run_module(module_fqn: str, params: bytes, environment: dict) -> tuple[str, int]:
-    """Run the module as AnsiballZ would, in this (forked, per-task) process; its stdout and exit code.
-
-    The worker exits after the task, so the environment and module globals set here end with it.
-    Output on file descriptor 1 (a child process not capturing its output) is kept out of the result.
-    """
-    os.environ.update({str(k): str(v) for k, v in environment.items()})
-    collection = module_fqn.split(".plugins.", 1)[0] + ".plugins."
-    sys.meta_path.insert(0, _BytecodeCachingFinder((collection + "modules.", collection + "module_utils.")))
-    captured = io.StringIO()
-    saved_fd = os.dup(1)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    rc = 0
-    try:
-        sys.stdout.flush()
-        os.dup2(devnull, 1)
-        with contextlib.redirect_stdout(captured):
-            try:
-                _loader.run_module(json_params=params, profile=PROFILE, module_fqn=module_fqn,
-                                   modlib_path="", extensions={})
-            except SystemExit as exc:
-                rc = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    finally:
-        os.dup2(saved_fd, 1)
-        os.close(saved_fd)
-        os.close(devnull)
-    return captured.getvalue(), rc
+def same_python(interpreter: str, current: str) -> bool:
+    """Whether ``interpreter`` starts the very Python ``current`` is: the same binary, from the same
+    directory (a virtualenv is found next to the path it is started by, so a link elsewhere to the
+    same binary is another environment)."""
+    interpreter = os.path.abspath(os.path.expanduser(interpreter))
+    current = os.path.abspath(current)
+    if os.path.dirname(interpreter) != os.path.dirname(current):
+        return False
+    return os.path.realpath(interpreter) == os.path.realpath(current)

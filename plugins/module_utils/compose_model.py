@@ -8,7 +8,8 @@ When ``docker compose config`` fails, the model is built from the raw files as f
 API (stable; other module_utils depend on it):
 
     load_project(project_dir, files=None, env_file=None, profiles=None, docker="docker",
-                 cache="off") -> Project          # cache: the run's project context (project_context)
+                 cache="off", raw=None) -> Project   # cache: the run's project context (project_context);
+                                                    # raw: a load_raw result the caller already has
     project_from_config(config: dict, project_dir, raw=None) -> Project   # pure, for unit tests
 
 Helpers added on top of the agreed API (all optional for callers):
@@ -18,6 +19,7 @@ Helpers added on top of the agreed API (all optional for callers):
     find_compose_file(project_dir) -> str
     parse_bytes("256m") -> 268435456
     scan_interpolations(text) -> list[(name, operator, offset)]
+    split_compose_stderr(stderr) -> (error lines, warning messages)   # the one parser of compose's stderr
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import os
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import yaml
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyHomeError
@@ -63,6 +65,8 @@ class Mount:
     volume: str | None = None   # named volume key (type "volume")
     create_host_path: bool = True
     source: str | None = None   # as compose gives it (bind: absolute host path; volume: key)
+    # where the ``volumes:`` entry is written (raw walk; an ``extends:`` base's line when inherited)
+    location: Location | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -175,6 +179,8 @@ class Project:
     env_file: str | None = None              # the .env file used for interpolation (may not exist)
     env_file_vars: list[str] = field(default_factory=list)    # names defined there (no values)
     extensions: dict = field(default_factory=dict)            # top-level ``x-*`` keys
+    # section (services, networks, volumes, secrets, configs) -> key -> where it is first declared
+    declarations: dict[str, dict[str, Location]] = field(default_factory=dict)
     context: dict = field(default_factory=dict)   # {"cache": "hit"|"miss"|"off", "key": short key, ...}
 
 
@@ -867,6 +873,77 @@ def _key_locations(raw: RawProject, section: str) -> dict[str, Location]:
     return locs
 
 
+def _node_get(node, key: str, depth: int = 0):
+    """The value node of ``key`` in a mapping node, following ``<<`` merge keys; None when absent."""
+    found = _mapping_get(node, key)
+    if found:
+        return found[1]
+    merged = _mapping_get(node, "<<")
+    if not merged or depth > 10:
+        return None
+    for m in merged[1].value if isinstance(merged[1], yaml.SequenceNode) else [merged[1]]:
+        value = _node_get(m, key, depth + 1)
+        if value is not None:
+            return value
+    return None
+
+
+def _volume_lines(service_node, env: dict[str, str]):
+    """(normalized target, line) of each ``volumes:`` and ``tmpfs:`` entry of a service node; the line
+    of a long entry is its ``source:`` (the path a person fixes), else the entry's first line."""
+    volumes = _node_get(service_node, "volumes")
+    for item in volumes.value if isinstance(volumes, yaml.SequenceNode) else ():
+        if isinstance(item, yaml.ScalarNode):
+            target, at = _parse_short_volume(_expand_defaults(item.value, env))["target"], item
+        elif isinstance(item, yaml.MappingNode):
+            node = _node_get(item, "target")
+            target = _expand_defaults(node.value, env) if isinstance(node, yaml.ScalarNode) else ""
+            at = _node_get(item, "source") or item
+        else:
+            continue
+        if target:
+            yield os.path.normpath(target), at.start_mark.line + 1
+    tmpfs = _node_get(service_node, "tmpfs")
+    for item in tmpfs.value if isinstance(tmpfs, yaml.SequenceNode) else [tmpfs] if tmpfs is not None else ():
+        if isinstance(item, yaml.ScalarNode) and item.value:
+            yield os.path.normpath(item.value.split(":", 1)[0]), item.start_mark.line + 1
+
+
+def _extends_base(raw: RawProject, rf: RawFile, service_node) -> tuple[RawFile, yaml.Node] | None:
+    """The file and service node an ``extends:`` points at, else None."""
+    ext = _node_get(service_node, "extends")
+    name, target = None, rf
+    if isinstance(ext, yaml.ScalarNode):
+        name = ext.value
+    elif isinstance(ext, yaml.MappingNode):
+        name_node, file_node = _node_get(ext, "service"), _node_get(ext, "file")
+        name = name_node.value if isinstance(name_node, yaml.ScalarNode) else None
+        if isinstance(file_node, yaml.ScalarNode):
+            path = _abspath(_expand_defaults(file_node.value, raw.env), os.path.dirname(rf.path))
+            target = next((f for f in raw.files if f.path == path), None)
+    base = _node_get(_node_get(target.node, "services"), name) if name and target else None
+    return (target, base) if base is not None else None
+
+
+def _mount_locations(raw: RawProject) -> dict[tuple[str, str], Location]:
+    """(service, normalized target) -> where the ``volumes:`` entry mounting it is written. A later
+    file wins (``-f`` overrides); an ``extends:`` base's entries count when the service does not
+    write that target itself."""
+    own: dict[tuple[str, str], Location] = {}
+    inherited: dict[tuple[str, str], Location] = {}
+    for rf in raw.compose_files:
+        services = _node_get(rf.node, "services")
+        for key, node in services.value if isinstance(services, yaml.MappingNode) else ():
+            name = key.value
+            own.update({(name, t): Location(rf.path, line) for t, line in _volume_lines(node, raw.env)})
+            base, depth = _extends_base(raw, rf, node), 0
+            while base is not None and depth < 10:
+                for t, line in _volume_lines(base[1], raw.env):
+                    inherited.setdefault((name, t), Location(base[0].path, line))
+                base, depth = _extends_base(raw, base[0], base[1]), depth + 1
+    return {**inherited, **own}
+
+
 def _raw_registry(raw: RawProject) -> dict[str, Secret]:
     """Top-level ``secrets:`` of every file, relative ``file:`` resolved against its file's dir."""
     locs = _key_locations(raw, "secrets")
@@ -905,10 +982,15 @@ def _attach_raw(project: Project, raw: RawProject) -> None:
         if key not in seen:
             seen.add(key)
             project.env_refs.append(ref)
-    locs = _key_locations(raw, "services")
+    project.declarations = {s: _key_locations(raw, s) for s in ("services", "networks", "volumes", "secrets",
+                                                                 "configs")}
+    locs = project.declarations["services"]
     ext = _raw_service_extensions(raw)
+    mount_locs = _mount_locations(raw)
     for name, svc in project.services.items():
         svc.location = locs.get(name, svc.location)
+        svc.mounts = [replace(m, location=mount_locs.get((name, os.path.normpath(m.target)), m.location))
+                      if m.target else m for m in svc.mounts]
         for k, v in ext.get(name, {}).items():
             svc.extensions.setdefault(k, v)
         svc.raw_interpolations = [
@@ -1077,11 +1159,42 @@ def compose_command(project_dir: str, files: list[str], env_file=None, profiles=
     return [*cmd, "config", "--format", "json"]
 
 
-_WARNING_RE = re.compile(r'level=warning msg="((?:[^"\\]|\\.)*)"')
+# A logrus line of the docker CLI: time="..." level=warning msg="The \"X\" variable is not set..."
+_LOG_LINE_RE = re.compile(r'^(?:time="[^"]*"\s+)?level=(\w+)\s+msg="((?:[^"\\]|\\.)*)"')
+_LOG_ESCAPE_RE = re.compile(r"\\(.)")
+_ERROR_LEVELS = frozenset({"error", "fatal", "panic"})
+_WARNING_LEVELS = frozenset({"warning", "warn"})
+
+
+def split_compose_stderr(stderr: str | None) -> tuple[list[str], list[str]]:
+    """Compose's stderr -> (error lines, warning messages), each once, in order of appearance.
+
+    Compose prints ``level=warning`` lines (unset variables, an obsolete ``version:``) before the
+    error that stopped it; the error is a bare line or a ``level=error|fatal`` line, unwrapped.
+    ``info``/``debug`` lines are neither. Every caller that shows compose's stderr uses this, so
+    the error line is never hidden behind warnings. No error line (empty or warnings-only
+    output): an empty error list, the caller says so.
+    """
+    errors: list[str] = []
+    warnings: list[str] = []
+    for line in str(stderr or "").splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        m = _LOG_LINE_RE.match(line)
+        if m is None:
+            target, msg = errors, line
+        else:
+            level = m.group(1).lower()
+            target = errors if level in _ERROR_LEVELS else warnings if level in _WARNING_LEVELS else None
+            msg = _LOG_ESCAPE_RE.sub(lambda e: {"n": " ", "t": " "}.get(e.group(1), e.group(1)), m.group(2)).strip()
+        if target is not None and msg and msg not in target:
+            target.append(msg)
+    return errors, warnings
 
 
 def load_project(project_dir, files=None, env_file=None, profiles=None, docker="docker",
-                 cache: str = "off") -> Project:
+                 cache: str = "off", raw: RawProject | None = None) -> Project:
     """Load a compose project: one ``docker compose config`` call plus one walk of the raw files.
 
     ``files`` (relative to ``project_dir``) replaces compose's own file lookup; ``profiles``
@@ -1092,13 +1205,18 @@ def load_project(project_dir, files=None, env_file=None, profiles=None, docker="
     ``cache`` reuses the run's project context (see ``project_context``): ``"off"`` always runs
     ``docker compose config``; ``"read"`` reuses a valid cached result (check mode); ``"write"``
     also stores a fresh one. ``Project.context`` says ``{"cache": "hit"|"miss"|"off", "key": ...}``.
+
+    ``raw``: the project's files as ``load_raw`` read them (same ``files`` and ``env_file``), when
+    the caller already has them, so they are read once.
     """
     if cache not in ("off", "read", "write"):
         raise HyHomeError(f"cache must be off, read or write, not {cache!r}")
     project_dir = _check_project_dir(project_dir)
-    roots = _root_files(project_dir, files)
+    if raw is not None and raw.project_dir != project_dir:
+        raise HyHomeError(f"the raw files given are those of {raw.project_dir}, not of {project_dir}")
+    roots = _root_files(project_dir, files) if raw is None else list(raw.roots)
     binary = _docker_binary(docker)
-    raw = load_raw(project_dir, files=roots, env_file=env_file)
+    raw = raw if raw is not None else load_raw(project_dir, files=roots, env_file=env_file)
     cmd = compose_command(project_dir, roots, env_file, profiles, binary)
     env = {k: v for k, v in os.environ.items() if k not in ("COMPOSE_FILE", "COMPOSE_PROFILES")}
     proc, context = _compose_config(cmd, project_dir, env, docker, raw, cache)
@@ -1146,7 +1264,7 @@ def _project_from_proc(proc: subprocess.CompletedProcess, raw: RawProject, proje
         return project_from_raw(raw, project_dir, config_error="docker compose config printed no JSON: "
                                 + (proc.stdout[:200] + stderr).strip(), profiles=profiles)
     project = project_from_config(config, project_dir, raw)
-    project.config_warnings = [m.group(1).replace('\\"', '"') for m in _WARNING_RE.finditer(stderr)]
+    project.config_warnings = split_compose_stderr(stderr)[1]
     return project
 
 

@@ -42,6 +42,7 @@ from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_model imp
     load_raw,
     read_dotenv,
     scan_interpolations,
+    split_compose_stderr,
 )
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.env_file import (
     is_sensitive_name,
@@ -61,6 +62,7 @@ from ansible_collections.hyhome.bootstrap.plugins.module_utils.findings import (
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.findings import (
     render_table as render_findings,
 )
+from ansible_collections.hyhome.bootstrap.plugins.module_utils.identity import Identity, IdentityResolver, LocalImages
 
 # rule id -> (severity, one-line description); the table README and the module docs render.
 RULES: dict[str, tuple[str, str]] = {
@@ -83,7 +85,8 @@ RULES: dict[str, tuple[str, str]] = {
     "bind-missing-file": (ERROR, "a bind-mounted file does not exist (Docker would create a directory)"),
     "security-no-new-privileges": (ERROR, "security_opt lacks no-new-privileges:true"),
     "security-cap-drop-all": (ERROR, "cap_drop lacks ALL"),
-    "security-non-root": (ERROR, "the service runs as root (warning when no user is declared)"),
+    "security-non-root": (ERROR, "the service runs as root (warning when no user: is declared and its image runs as "
+                                 "root or its user is unknown)"),
     "security-privileged": (ERROR, "privileged: true"),
     "security-host-namespace": (ERROR, "host pid, network or ipc namespace"),
     "security-writable-bind": (WARNING, "configuration (a file, a read-only or git-tracked directory) "
@@ -191,32 +194,6 @@ def explain_config_error(stderr: str) -> str | None:
     return None
 
 
-_LOG_LINE_RE = re.compile(r'^time="[^"]*"\s+level=(\w+)\s+msg="((?:[^"\\]|\\.)*)"\s*$')
-
-
-def split_compose_output(stderr: str) -> tuple[list[str], list[str]]:
-    """Compose's stderr -> (error lines, warning messages), each once, in order.
-
-    Warnings are logfmt lines (``time=... level=warning msg="..."``); the error is what is left
-    (Compose prints it bare, or as a ``level=error``/``fatal`` line).
-    """
-    errors: list[str] = []
-    warnings: list[str] = []
-    for line in (stderr or "").splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        m = _LOG_LINE_RE.match(line)
-        if m:
-            msg = m.group(2).replace('\\"', '"').replace("\\\\", "\\")
-            target = warnings if m.group(1).lower() in ("warning", "warn", "info") else errors
-        else:
-            msg, target = line, errors
-        if msg not in target:
-            target.append(msg)
-    return errors, warnings
-
-
 # --------------------------------------------------------------------------------------------
 # locations
 # --------------------------------------------------------------------------------------------
@@ -296,7 +273,7 @@ def _check_files(project: Project, raw: RawProject | None = None) -> list[Findin
                                hint="fix the YAML at this line (indentation, an unclosed bracket or quote)"))
     warnings = list(project.config_warnings)
     if project.config_error:
-        errors, failed_warnings = split_compose_output(project.config_error)
+        errors, failed_warnings = split_compose_stderr(project.config_error)
         warnings += [w for w in failed_warnings if w not in warnings]
         text = "; ".join(errors) or "docker compose config failed without saying why"
         explanation = explain_config_error(text)
@@ -789,9 +766,47 @@ def _config_bind_reason(svc: Service, m) -> str:
     return "a file"
 
 
-def _check_security(project: Project) -> list[Finding]:
+def _non_root_finding(svc: Service, identities: IdentityResolver) -> tuple[str, str, str] | None:
+    """(severity, message, hint) of security-non-root for a service, or None when it runs as non-root.
+
+    A declared ``user:`` is the answer (root: an error; a name is taken as non-root, looking it up
+    would need a container). Without one, the identity resolver answers from the image (its
+    Config.User when present on the engine, else the built-in table and image_users): root or
+    unknown is a warning, a known non-root user is fine.
+    """
+    if svc.user not in (None, ""):
+        if _is_root(str(svc.user)):
+            return (ERROR, f"runs as root (user: {svc.user})",
+                    "run as a non-root uid, or declare an exception with the reason")
+        return None
+    try:
+        ident = identities.service(svc)
+    except HyHomeError as e:    # e.g. an image_users entry that is not "uid[:gid]"
+        ident = Identity(0, 0, "unresolved", e.msg)
+    if ident.source == "unresolved":
+        return (WARNING, f"no user: declared, and which user its image runs as could not be determined "
+                         f"({ident.detail}): it may be root",
+                "declare `user: \"<uid>:<gid>\"` (non-root); if the image already runs as a non-root user, add its "
+                "repository to hyhome_image_users (repository: \"uid:gid\"; validate-docker-compose.sh: "
+                "--image-user REPOSITORY=UID:GID) so every step knows it")
+    if ident.uid == 0:
+        how = ("its Config.User" if ident.source == "image-config"
+               else "the built-in image table" if ident.source == "image-table" else ident.source)
+        return (WARNING, f"no user: declared and image {svc.image} runs as root ({how}: {ident.detail})",
+                "declare `user: \"<uid>:<gid>\"` (non-root) if the image works that way, or declare an exception "
+                "with the reason")
+    return None
+
+
+def offline_identities(image_users: dict | None = None) -> IdentityResolver:
+    """An identity resolver that asks no engine: ``user:``, the built-in table and ``image_users``."""
+    return IdentityResolver(image_users=image_users, images=LocalImages())
+
+
+def _check_security(project: Project, identities: IdentityResolver | None = None) -> list[Finding]:
     out: list[Finding] = []
     one_shot = one_shot_services(project)
+    identities = identities if identities is not None else offline_identities()
 
     def add(svc, rule, msg, hint, severity=ERROR):
         file, line = _svc_loc(project, svc)
@@ -805,12 +820,9 @@ def _check_security(project: Project) -> list[Finding]:
         if "ALL" not in {c.upper() for c in svc.cap_drop}:
             add(svc, "security-cap-drop-all", "cap_drop does not contain ALL",
                 "add `cap_drop: [ALL]` and cap_add only the capabilities the service needs")
-        if svc.user is None:
-            add(svc, "security-non-root", "no user: declared; the image's default user may be root",
-                "declare `user: \"<uid>:<gid>\"` (non-root)", WARNING)
-        elif _is_root(svc.user):
-            add(svc, "security-non-root", f"runs as root (user: {svc.user})",
-                "run as a non-root uid, or declare an exception with the reason")
+        non_root = _non_root_finding(svc, identities)
+        if non_root:
+            add(svc, "security-non-root", non_root[1], non_root[2], non_root[0])
         if svc.privileged:
             add(svc, "security-privileged", "privileged: true gives the container every capability and device",
                 "remove privileged and cap_add the specific capabilities needed")
@@ -916,11 +928,13 @@ def _trap_names(findings: list[Finding]) -> set[str]:
     return {f.subject for f in findings if f.rule == "interpolation-trap" and f.subject}
 
 
-def validate(project: Project, lint: list[Finding] | None = None, raw: RawProject | None = None) -> list[Finding]:
+def validate(project: Project, lint: list[Finding] | None = None, raw: RawProject | None = None,
+             identities: IdentityResolver | None = None) -> list[Finding]:
     """Every finding for ``project`` (plus yamllint findings, if given), in a stable order.
 
     ``raw`` (``compose_model.load_raw``) enables the rules that read the files as written
-    (credential-literal, resource-redeclared); without it they are skipped.
+    (credential-literal, resource-redeclared); without it they are skipped. ``identities`` answers
+    which user a service without ``user:`` runs as (default: ``offline_identities()``, no engine).
     """
     findings = [
         *_check_files(project, raw),
@@ -930,7 +944,7 @@ def validate(project: Project, lint: list[Finding] | None = None, raw: RawProjec
         *_check_secrets(project),
         *_check_interpolation(project),
         *_check_mounts(project),
-        *_check_security(project),
+        *_check_security(project, identities),
     ]
     trapped = {f"The \"{name}\" variable is not set" for name in _trap_names(findings)}
     findings = [f for f in findings
@@ -1009,21 +1023,30 @@ def render_table(report: dict) -> str:
 
 
 def run(project_dir, files=None, env_file=None, profiles=("*",), docker="docker", yamllint=True,
-        yamllint_config=None, loader=None) -> tuple[Project, list[Finding], dict]:
+        yamllint_config=None, loader=None, image_users=None,
+        inspect_images=True) -> tuple[Project, list[Finding], dict]:
     """Load the project once, run every check, return (project, findings, report).
 
-    ``loader`` replaces ``compose_model.load_project`` (modules pass the run's project context).
+    ``loader`` replaces ``compose_model.load_project`` (modules pass the run's project context);
+    it is given the raw files read here (``raw=``), so they are read once.
 
     yamllint (pure Python) runs in a thread while `docker compose config` (a subprocess) runs: the
     two slowest parts overlap.
+
+    Which user a service without ``user:`` runs as: the image's Config.User when the image is
+    already on the engine (one ``docker image inspect`` for the project, never a container; skipped
+    with ``inspect_images=False``), else the built-in table plus ``image_users``.
     """
     raw = load_raw(project_dir, files=files, env_file=env_file)
     with ThreadPoolExecutor(max_workers=1) as pool:
         linting = pool.submit(lint_files, raw.paths, raw.project_dir, yamllint_config) if yamllint else None
         project = (loader or load_project)(project_dir, files=files, env_file=env_file,
-                                           profiles=list(profiles or []), docker=docker)
+                                           profiles=list(profiles or []), docker=docker, raw=raw)
         lint = linting.result() if linting else []
-    findings = validate(project, lint, raw)
+    refs = [s.image for s in project.services.values() if s.image and s.user in (None, "")]
+    images = LocalImages(refs if inspect_images else (), docker_cli=docker)
+    identities = IdentityResolver(image_users=image_users, images=images)
+    findings = validate(project, lint, raw, identities)
     return project, findings, build_report(project, findings)
 
 
@@ -1051,11 +1074,21 @@ def main(argv: list[str] | None = None) -> int:
                         help="profile to validate (repeatable; default: every profile)")
     parser.add_argument("--no-yamllint", action="store_true", help="skip yamllint")
     parser.add_argument("--docker", default="docker", help="docker binary (default: docker)")
+    parser.add_argument("--image-user", dest="image_users", action="append", default=[], metavar="REPOSITORY=UID:GID",
+                        help="the user an image runs as, on top of the built-in table (repeatable; the CLI form of "
+                             "hyhome_image_users)")
     parser.add_argument("--strict", action="store_true", help="exit non-zero on warnings too")
     args = parser.parse_args(argv)
+    image_users = {}
+    for item in args.image_users:
+        repo, sep, owner = item.partition("=")
+        if not sep or not repo.strip() or not owner.strip():
+            parser.error(f"--image-user {item!r}: write REPOSITORY=UID[:GID], e.g. myorg/worker=1500:1500")
+        image_users[repo.strip()] = owner.strip()
     try:
         _, _, report = run(args.project_dir, files=args.files, env_file=args.env_file,
-                           profiles=args.profiles or ["*"], docker=args.docker, yamllint=not args.no_yamllint)
+                           profiles=args.profiles or ["*"], docker=args.docker, yamllint=not args.no_yamllint,
+                           image_users=image_users)
         if args.json_path:
             atomic_write(os.path.abspath(args.json_path),
                          (json.dumps(report, indent=2, sort_keys=True) + "\n").encode(), 0o644)

@@ -22,6 +22,7 @@ API:
         .warnings: list[str]
     DEFAULT_IMAGE_USERS, table_lookup(image, table), image_repository(image)
     DockerImages(docker_host=None, docker_cli="docker"), ImageMissing
+    LocalImages(images, docker_cli="docker")   # Config.User of present images only, one inspect, no container
     parse_passwd(text), parse_group(text), override_identity(value, what, groups=())
     file_access(readers: {service: Identity}, single_mode=0o400, shared_mode=0o440) -> FileAccess
 """
@@ -278,6 +279,75 @@ class DockerImages:
             self._cli("rm", "-f", cid)
 
 
+def _normal_ref(image: str) -> str:
+    """An image reference the way ``docker image inspect`` lists it in RepoTags / RepoDigests:
+    no ``docker.io/`` nor ``library/`` prefix, ``:latest`` when no tag, digest refs as ``repo@digest``."""
+    ref = image.strip().lower()
+    ref, _, digest = ref.partition("@")
+    name, tag = ref, ""
+    last = ref.rsplit("/", 1)[-1]
+    if ":" in last:
+        name, tag = ref[: len(ref) - len(last) + last.index(":")], last.split(":", 1)[1]
+    for prefix in ("docker.io/", "index.docker.io/", "registry-1.docker.io/"):
+        if name.startswith(prefix):
+            name = name[len(prefix):]
+            if name.startswith("library/") and name.count("/") == 1:
+                name = name[len("library/"):]
+            break
+    return f"{name}@{digest}" if digest else f"{name}:{tag or 'latest'}"
+
+
+class LocalImages:
+    """``Config.User`` of the images already on the engine, for checks that must stay offline and fast.
+
+    One ``docker image inspect`` of every reference given (on the first question), never a created
+    container: a user *name* in ``Config.User`` is not looked up (``accounts`` raises ImageMissing,
+    so the resolver falls back to the table, else says it does not know). No reference, no docker
+    CLI, no engine, or no answer within ``timeout`` seconds: every image counts as absent.
+    """
+
+    def __init__(self, images=(), docker_cli: str | None = "docker", timeout: float = 5.0):
+        self.refs = sorted({i for i in images if isinstance(i, str) and i.strip()})
+        self.docker_cli = docker_cli
+        self.timeout = timeout
+        self.calls = 0              # docker CLI calls made (for tests and reports)
+        self._users: dict[str, str] | None = None
+
+    def _load(self) -> dict[str, str]:
+        users: dict[str, str] = {}
+        if not self.refs or not self.docker_cli:
+            return users
+        fmt = "{{json .RepoTags}}\t{{json .RepoDigests}}\t{{json .Config.User}}"
+        self.calls += 1
+        try:
+            # Exits non-zero when any reference is missing; the present ones are still printed.
+            res = subprocess.run([self.docker_cli, "image", "inspect", "--format", fmt, *self.refs],
+                                 capture_output=True, text=True, check=False, timeout=self.timeout)
+        except (OSError, subprocess.TimeoutExpired):
+            return users
+        for line in res.stdout.splitlines():
+            try:
+                tags, digests, user = (json.loads(part) for part in line.split("\t"))
+            except ValueError:
+                continue
+            for ref in [*(tags or []), *(digests or [])]:
+                users[_normal_ref(ref)] = user or ""
+        return users
+
+    def config_user(self, image: str) -> str | None:
+        """``Config.User`` of a present image (None when unset). Raises ImageMissing."""
+        if self._users is None:
+            self._users = self._load()
+        user = self._users.get(_normal_ref(image))
+        if user is None:
+            raise ImageMissing(image)
+        return user or None
+
+    def accounts(self, image: str):
+        """Reading /etc/passwd needs a container: never done here."""
+        raise ImageMissing(image)
+
+
 def image_repository(image: str) -> str:
     """Repository path of an image reference without registry, tag, digest and ``library/``."""
     ref = image.split("@", 1)[0]
@@ -510,6 +580,8 @@ class IdentityResolver:
             return table
         if ident:
             return ident
+        if cfg:   # a user name whose uid could not be read from the image: not known to be root
+            return self._unresolved(svc, f"image {svc.image} runs as user {cfg!r}, whose uid was not looked up")
         return Identity(0, 0, "image-config", f"image {svc.image} sets no USER: it runs as root")
 
     def _unresolved(self, svc, why: str, first_fix: str = "") -> Identity:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from ansible_collections.hyhome.bootstrap.plugins.module_utils import compose_model
 from ansible_collections.hyhome.bootstrap.plugins.module_utils import findings as shared
-from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_model import Project
+from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_model import Location, Project
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyHomeError
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.findings import (
     ERROR,
@@ -193,6 +193,28 @@ def _rel(path: str, root: str) -> str:
 def _within(path: str, root: str) -> bool:
     p, r = os.path.normpath(path), os.path.normpath(root)
     return p == r or p.startswith(r.rstrip("/") + "/")
+
+
+def _first(project: Project, locations) -> Location | None:
+    """The earliest of ``locations`` in the project's file order (root file first), then by line."""
+    order = {f: i for i, f in enumerate(project.files)}
+    known = [loc for loc in locations if loc is not None]
+    return min(known, key=lambda loc: (order.get(loc.file, len(order)), loc.file, loc.line or 0), default=None)
+
+
+def _located(finding: Finding | None, location: Location | None) -> Finding | None:
+    """``finding`` pointing at ``location`` (the compose file and line that causes it), unless it
+    already points somewhere."""
+    if finding is None or location is None or finding.file:
+        return finding
+    return dataclasses.replace(finding, file=location.file, line=location.line)
+
+
+def _where_text(project: Project, location: Location | None) -> str:
+    """``file:line`` relative to the project, for a message naming several places."""
+    if location is None:
+        return ""
+    return _rel(location.file, project.working_dir) + (f":{location.line}" if location.line else "")
 
 
 def _n(count: int, word: str, plural: str | None = None) -> str:
@@ -518,7 +540,11 @@ def _check_max_map_count(project: Project, facts: HostFacts, opt: Options) -> li
     needing = sorted(s.name for s in project.services.values() if s.image and _image_name(s.image) in wanted)
     if not needing:
         return [Finding(cid, INFO, "vm.max_map_count", "not needed: no OpenSearch/Elasticsearch service")]
-    who = ", ".join(needing)
+    # the first search service's declaration; the others (when several) by file:line in the text
+    locations = [project.services[n].location for n in needing]
+    loc = _first(project, locations)
+    who = ", ".join(needing) if len(needing) == 1 else ", ".join(
+        f"{n} ({_where_text(project, where)})" if where else n for n, where in zip(needing, locations, strict=True))
     want = opt.vm_max_map_count
     subject = "vm.max_map_count"
     fix = f"sysctl -w vm.max_map_count={want} and persist it in /etc/sysctl.d/99-hyhome.conf"
@@ -526,12 +552,12 @@ def _check_max_map_count(project: Project, facts: HostFacts, opt: Options) -> li
         who += " (found in the compose files: `docker compose config` failed)"
     if facts.max_map_count is None:
         why = facts.max_map_count_error or "unknown"
-        return [Finding(cid, WARNING, subject, f"{why}; service {who} needs >= {want}", fix)]
+        return [_located(Finding(cid, WARNING, subject, f"{why}; service {who} needs >= {want}", fix), loc)]
     if facts.max_map_count < want:
-        return [Finding(cid, BLOCKER, subject,
-                        f"{facts.max_map_count} is below {want}, the minimum OpenSearch/Elasticsearch need to start "
-                        f"(service {who})", fix)]
-    return [Finding(cid, INFO, subject, f"{facts.max_map_count} (>= {want}, for service {who})")]
+        return [_located(Finding(cid, BLOCKER, subject,
+                                 f"{facts.max_map_count} is below {want}, the minimum OpenSearch/Elasticsearch need "
+                                 f"to start (service {who})", fix), loc)]
+    return [_located(Finding(cid, INFO, subject, f"{facts.max_map_count} (>= {want}, for service {who})"), loc)]
 
 
 def _check_disk(facts: HostFacts, opt: Options) -> list[Finding]:
@@ -584,6 +610,7 @@ def _check_ports(project: Project, facts: HostFacts, opt: Options) -> list[Findi
     for proto, ip, port, services in published:
         subject = f"{proto}/{port}" + (f" on {ip}" if ip else "")
         used_by = ", ".join(services)
+        loc = _first(project, [project.services[n].location for n in services])
         bindings = [b for b in (facts.bindings or []) if b.proto == proto and b.port == port
                     and _ip_overlap(b.ip, ip)]
         if any(b.project == project.name for b in bindings):
@@ -592,18 +619,18 @@ def _check_ports(project: Project, facts: HostFacts, opt: Options) -> list[Findi
         if bindings:
             b = bindings[0]
             holder = f"container {b.container}" + (f" of compose project {b.project}" if b.project else "")
-            out.append(Finding(cid, BLOCKER, subject, f"published by {used_by}, but already held by {holder}",
-                               f"stop {b.container} or publish {used_by} on another port"))
+            out.append(_located(Finding(cid, BLOCKER, subject, f"published by {used_by}, but already held by {holder}",
+                                        f"stop {b.container} or publish {used_by} on another port"), loc))
             continue
         listeners = [li for li in (facts.listeners or []) if li.proto == proto and li.port == port
                      and _ip_overlap(li.ip, ip)]
         if listeners:
             li = listeners[0]
             holder = li.process or "another process"
-            out.append(Finding(cid, BLOCKER, subject,
-                               f"published by {used_by}, but already in use on {li.ip} by {holder}",
-                               f"stop what holds port {port} (ss -ltnp 'sport = :{port}') or publish {used_by} "
-                               "on another port"))
+            out.append(_located(Finding(cid, BLOCKER, subject,
+                                        f"published by {used_by}, but already in use on {li.ip} by {holder}",
+                                        f"stop what holds port {port} (ss -ltnp 'sport = :{port}') or publish "
+                                        f"{used_by} on another port"), loc))
             continue
         free += 1
     notes = []
@@ -626,63 +653,64 @@ def _check_config(project: Project) -> list[Finding]:
     out = []
     for err in project.file_errors:
         loc = _rel(err.location.file, project.working_dir) + (f":{err.location.line}" if err.location.line else "")
-        out.append(Finding(cid, BLOCKER, loc, err.message, "fix the file (scripts/validate-docker-compose.sh "
-                                                           "lints every compose file)"))
+        out.append(_located(Finding(cid, BLOCKER, loc, err.message, "fix the file (scripts/validate-docker-compose.sh "
+                                                                    "lints every compose file)"), err.location))
     if project.config_error:
-        errors, n_warnings = compose_error_lines(project.config_error)
-        first = "; ".join(errors[:3])
-        if n_warnings:
-            first += f" (and {_n(n_warnings, 'compose warning')}: the validate step lists them)"
+        errors, warnings = compose_model.split_compose_stderr(project.config_error)
+        first = "; ".join(errors[:3]) or "without an error line"
+        if warnings:
+            first += f" (and {_n(len(warnings), 'compose warning')}: the validate step lists them)"
         unset = sorted(set(re.findall(r"required variable (\w+) is missing a value", project.config_error)))
         if unset:  # only .env is wrong, and the env step writes .env
             fix, step = f"set {', '.join(unset)} in .env (the env step renders it)", "env"
         else:
             fix, step = ("fix the compose files until `docker compose config -q` passes "
                          "(scripts/validate-docker-compose.sh explains common errors)"), None
-        out.append(Finding(cid, BLOCKER, "docker compose config",
-                           f"failed: {first} -- the other project checks use the raw compose files", fix, step))
+        out.append(_located(Finding(cid, BLOCKER, "docker compose config",
+                                    f"failed: {first} -- the other project checks use the raw compose files", fix,
+                                    step), _config_error_location(project, errors, unset)))
     if not out:
         out.append(Finding(cid, INFO, "docker compose config",
                            f"ok: {_n(len(project.services), 'service')} from {_n(len(project.files), 'file')}"))
     return out
 
 
-_LOGRUS_RE = re.compile(r'^time="[^"]*"\s+level=(\w+)\s+msg="((?:[^"\\]|\\.)*)"')
+_SERVICE_IN_ERROR_RE = re.compile(r'\bservices?(?: "([^"]+)"|\.([\w-]+)|\[([^\]]+)\])')
 
 
-def compose_error_lines(stderr: str) -> tuple[list[str], int]:
-    """(error lines, number of warning lines) of a failed ``docker compose`` call. Compose prints
-    ``level=warning`` lines (unset variables, obsolete ``version:``) before the error that stopped
-    it; the error is what to show. A ``level=error|fatal msg="..."`` line is unwrapped."""
-    errors, warnings = [], 0
-    for raw in (stderr or "").strip().splitlines():
-        line = raw.strip()
-        m = _LOGRUS_RE.match(line)
-        if m:
-            if m.group(1) in ("warning", "info", "debug", "trace"):
-                warnings += 1
-                continue
-            line = m.group(2).replace('\\"', '"')
-        if line:
-            errors.append(line)
-    return (errors or [(stderr or "").strip() or "no output"]), warnings
+def _config_error_location(project: Project, errors: list[str], unset: list[str]) -> Location | None:
+    """Where the cause of a failed ``docker compose config`` is written: the reference of a
+    required variable (``${X:?}``) it stopped on, else the service its error names, else a compose
+    file it names (no line: compose does not give one)."""
+    if unset:
+        refs = [r for r in project.env_refs if r.name in unset]
+        return _first(project, [r.location for r in refs if r.required] or [r.location for r in refs])
+    text = "\n".join(errors)
+    for m in _SERVICE_IN_ERROR_RE.finditer(text):
+        svc = project.services.get(next(g for g in m.groups() if g))
+        if svc is not None and svc.location is not None:
+            return svc.location
+    named = [f for f in project.files if f in text]
+    return Location(max(named, key=len), None) if named else None
 
 
 def _env_needs(project: Project) -> dict[str, dict]:
-    """Variables referenced without a default: name -> {required, where}."""
+    """Variables referenced without a default: name -> {required, where (``file:line`` texts),
+    locations (the same places as ``Location``s, in the same order)}."""
     from ansible_collections.hyhome.bootstrap.plugins.module_utils.env_file import substitutes_empty
 
     needs: dict[str, dict] = {}
     for ref in project.env_refs:
         if ref.has_default or substitutes_empty(ref):   # ${X:+alt} is "" by design when X is unset
             continue
-        n = needs.setdefault(ref.name, {"required": False, "where": []})
+        n = needs.setdefault(ref.name, {"required": False, "where": [], "locations": []})
         n["required"] = n["required"] or ref.required
         loc = ref.location
         if loc is not None:
             where = _rel(loc.file, project.working_dir) + (f":{loc.line}" if loc.line else "")
             if where not in n["where"]:
                 n["where"].append(where)
+                n["locations"].append(loc)
     return needs
 
 
@@ -705,12 +733,13 @@ def _check_env(project: Project, env_path: str, env: dict[str, str] | None,
     out = []
     if problem:
         out.append(Finding("project.env_file", BLOCKER, rel, f"{problem}; Compose cannot read it",
-                           f"replace {rel} with a KEY=VALUE file (the env step renders it)", "env"))
+                           f"replace {rel} with a KEY=VALUE file (the env step renders it)", "env", file=env_path))
     elif env is None:
         if needs:
             out.append(Finding("project.env_file", BLOCKER, rel,
                                f"missing; {_n(len(needs), 'variable')} referenced without a default need it",
-                               f"create {rel} (the env step renders it from .env.example and the inventory)", "env"))
+                               f"create {rel} (the env step renders it from .env.example and the inventory)", "env",
+                               file=env_path))
         else:
             out.append(Finding("project.env_file", INFO, rel, "absent; no variable needs it"))
     else:
@@ -728,13 +757,15 @@ def _check_env(project: Project, env_path: str, env: dict[str, str] | None,
             continue
         bad += 1
         where = _where(n["where"])
+        loc = n["locations"][0] if n["locations"] else None
         state = f"not set in {rel}" if name not in env else f"empty in {rel}"
         why = "Compose stops with an error" if n["required"] else "Compose substitutes an empty string"
         if name in supplied or example.get(name) or may_be_empty:
-            out.append(Finding("project.env_vars", BLOCKER, name,
-                               f"referenced without a default{where} but {state}: {why}", fix_env, "env"))
+            out.append(_located(Finding("project.env_vars", BLOCKER, name,
+                                        f"referenced without a default{where} but {state}: {why}", fix_env, "env"),
+                                loc))
             continue
-        out.append(Finding(
+        out.append(_located(Finding(
             "project.env_vars", BLOCKER, name,
             f"referenced without a default{where}, {state}, and nothing will set it: "
             + (f"there is no {example_rel}" if no_example
@@ -742,7 +773,8 @@ def _check_env(project: Project, env_path: str, env: dict[str, str] | None,
             + f" and the inventory does not set it; {why}",
             f"set {name} in the inventory's env_values or in {example_rel}; if it is an identifier that only has "
             f"to be unique and stable (a cluster id), declare it in env_generated ({name}: uuid, hex or "
-            f"kafka-cluster-id) and the env step generates it once; if it may stay empty, list it in env_allow_empty"))
+            f"kafka-cluster-id) and the env step generates it once; if it may stay empty, list it in env_allow_empty"),
+            loc))
     if not bad:
         out.append(Finding("project.env_vars", INFO, "variables",
                            f"{_n(len(needs), 'variable')} referenced without a default, all set"))
@@ -915,13 +947,14 @@ def _check_secrets(project: Project, registry: dict[str, dict] | None = None,
         entry = provided_entry(name, (registry or {}).get(name), registry_rel)
         f = _check_secret_file(cid, name, sec.file, sorted(used.get(name, [])), root, entry)
         if f:
-            out.append(f)
+            out.append(_located(f, sec.location))
     return out, counts
 
 
 def _bind_mounts(project: Project) -> dict[str, dict]:
-    """host path -> {services, targets, create, volume, nonroot, host} over every bind mount of the
-    project. ``host``: every mount of the path is the host's (read-only, outside the project), never managed."""
+    """host path -> {services, targets, create, volume, nonroot, host, locations} over every bind mount of
+    the project. ``host``: every mount of the path is the host's (read-only, outside the project), never
+    managed. ``locations``: where each mount of it is written (the ``volumes:`` entries)."""
     from ansible_collections.hyhome.bootstrap.plugins.module_utils.mounts import classify
 
     binds: dict[str, dict] = {}
@@ -931,7 +964,8 @@ def _bind_mounts(project: Project) -> dict[str, dict]:
                 continue
             b = binds.setdefault(os.path.normpath(m.host_path),
                                  {"services": [], "targets": [], "create": True, "volume": None, "nonroot": False,
-                                  "host": True})
+                                  "host": True, "locations": []})
+            b["locations"].append(m.location)
             b["host"] = b["host"] and classify(project, svc, m) == "host"
             if svc.name not in b["services"]:
                 b["services"].append(svc.name)
@@ -1027,7 +1061,10 @@ def _check_binds(project: Project, counts: dict[str, int]) -> list[Finding]:
                                "run preflight as root"))
     counts["project.bind_dirs"] = n_dirs
     counts["project.bind_files"] = n_files
-    return out
+    # every finding here is about one bind path (its subject): point at the volumes: line of the first
+    # service mounting it
+    where = {_rel(path, root): _first(project, b["locations"]) for path, b in binds.items()}
+    return [_located(f, where.get(f.subject)) for f in out]
 
 
 def _check_external(project: Project, facts: HostFacts) -> tuple[list[Finding], dict[str, int]]:
@@ -1040,8 +1077,10 @@ def _check_external(project: Project, facts: HostFacts) -> tuple[list[Finding], 
             ext = spec.get("external")
             name = spec.get("name") or (ext.get("name") if isinstance(ext, dict) else None) or key
             externals.append(("project.volumes", "volume", name, key))
-    for cid, kind, name, _key in sorted(externals, key=lambda t: (CHECK_ORDER[t[0]], t[2])):
+    for cid, kind, name, key in sorted(externals, key=lambda t: (CHECK_ORDER[t[0]], t[2])):
         counts[cid] += 1
+        loc = project.declarations.get(kind + "s", {}).get(key)
+        start = len(out)
         have = facts.networks if kind == "network" else facts.volumes
         if have is None:
             out.append(Finding(cid, WARNING, name, f"external {kind}: not checked, Docker Engine unreachable",
@@ -1055,6 +1094,7 @@ def _check_external(project: Project, facts: HostFacts) -> tuple[list[Finding], 
             out.append(Finding(cid, BLOCKER, name,
                                f"external {kind} does not exist; Compose will not create it",
                                f"docker {kind} create {name}"))
+        out[start:] = [_located(f, loc) for f in out[start:]]
     return out, counts
 
 
@@ -1084,7 +1124,7 @@ def run_checks(project: Project, facts: HostFacts, options: Options = Options())
     if registry_problem:
         rel = _rel(registry_path, project.working_dir)
         findings.append(Finding("project.secrets", BLOCKER, rel, f"secrets registry {registry_problem}",
-                                f"fix {rel}: the secrets step reads it"))
+                                f"fix {rel}: the secrets step reads it", file=registry_path))
     findings += _check_binds(project, counts)
     ext_findings, ext_counts = _check_external(project, facts)
     findings += ext_findings

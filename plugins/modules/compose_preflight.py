@@ -184,10 +184,15 @@ findings:
       description: Always null here (preflight names what a finding is about in RV(findings[].subject)).
       type: str
     file:
-      description: Always null here.
+      description:
+        - Where to fix it, relative to the project directory when inside it; null when nothing in the project
+          causes it (most host checks).
+        - The compose file that declares, mounts or references what the finding is about (the secrets registry
+          entry, the first C(volumes:) entry mounting a path, the external network or volume, the reference of a
+          variable, the search service for C(host.vm_max_map_count)); C(.env) for C(project.env_file).
       type: str
     line:
-      description: Always null here.
+      description: The 1-based line in RV(findings[].file); null when only the file is known.
       type: int
     accepted:
       description: Always null here (preflight has no exceptions).
@@ -200,8 +205,8 @@ findings:
       hint: "run the secrets step (hyhome.bootstrap.secrets) to create it, or create secrets/db_password.txt yourself"
       fixed_by: secrets
       service: null
-      file: null
-      line: null
+      file: docker-compose.yml
+      line: 12
       accepted: null
 summary:
   description: Counts per severity, how many errors block first boot now, how many later steps fix.

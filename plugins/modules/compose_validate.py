@@ -28,11 +28,16 @@ description:
   - "C(interpolation-trap) (error) C($VAR) in C(command), C(entrypoint) or C(healthcheck) that Compose interpolates
     when it parses the file (C($$VAR) was meant); C(bind-missing-file) (error) a bind-mounted file that does not
     exist; the security baseline: C(security-no-new-privileges), C(security-cap-drop-all), C(security-non-root)
-    (warning when no C(user:) is declared), C(security-privileged), C(security-host-namespace),
+    (see below), C(security-privileged), C(security-host-namespace),
     C(security-healthcheck) (not for one-shot jobs: a dependant waits for C(service_completed_successfully), or
     C(restart) is C(no) or C(on-failure)), C(security-memory-limit), C(security-docker-socket) (all errors) and
     C(security-writable-bind) (warning) configuration (a file, a read-only or git-tracked directory, or
     C(x-hyhome.config)) bind-mounted writable; writable data directories are fine."
+  - "C(security-non-root): a declared C(user:) that is root is an error. Without C(user:), the identity resolver
+    data_dirs, secrets and tls use answers which user the image runs as: its C(Config.User) when the image is
+    already on the engine (one C(docker image inspect) for the project; no container is created, so a user
+    name is not looked up), else the built-in table of well-known images plus O(image_users). Known non-root:
+    no finding; known root: a warning; unknown: a warning saying so, with the fix (C(user:) or O(image_users))."
   - "When C(docker compose config) fails, every other rule runs on the model built from the raw files."
   - "Per-service declarations in the C(x-hyhome) extension: C(writable: [<container path>, ...]) lists the bind
     mounts the service writes (data, even when a file or tracked by git); C(config: [<container path>, ...]) marks
@@ -58,6 +63,14 @@ options:
       - yamllint configuration (YAML text). Default is the project's C(.yamllint) when it has one, else a
         compose-friendly default (the yamllint C(default) preset, no document start, octal file modes allowed).
     type: str
+  image_users:
+    description:
+      - The user each image runs as, C("uid[:gid]") per image repository (C(myorg/worker)), on top of the
+        built-in table; the same table as the C(image_users) of M(hyhome.bootstrap.data_dirs) and
+        M(hyhome.bootstrap.secret_files) (role variable C(hyhome_image_users)).
+      - Used by C(security-non-root) for services without C(user:).
+    type: dict
+    default: {}
 attributes:
   check_mode:
     support: full
@@ -196,6 +209,7 @@ def main():
             **project_argspec(),
             "yamllint": {"type": "bool", "default": True},
             "yamllint_config": {"type": "str"},
+            "image_users": {"type": "dict", "default": {}},
         },
         supports_check_mode=True,
     )
@@ -208,7 +222,8 @@ def main():
     try:
         project, _, report = run(p["project_dir"], files=p["files"] or None, env_file=p["env_file"],
                                  profiles=p["profiles"], docker=p["docker_cli"], yamllint=p["yamllint"],
-                                 yamllint_config=p["yamllint_config"], loader=loader(module.check_mode))
+                                 yamllint_config=p["yamllint_config"], loader=loader(module.check_mode),
+                                 image_users=p["image_users"])
     except HyHomeError as e:
         module.fail_json(msg=e.msg)
     module.exit_json(changed=False, ok=report["ok"], summary=report["summary"], findings=report["findings"],

@@ -346,12 +346,6 @@ def _load_project(p, check_mode):
     return load(p, check_mode)
 
 
-def _error_line(text):
-    """Compose's error line, not the warnings printed before it."""
-    lines = [line for line in text.splitlines() if line.strip()]
-    return next((line for line in lines if "level=warning" not in line), lines[0] if lines else text)
-
-
 def _identities(p, project):
     """The shared identity resolver; it asks the engine about images only when a project is read."""
     from ansible_collections.hyhome.bootstrap.plugins.module_utils.identity import DockerImages, IdentityResolver
@@ -372,8 +366,11 @@ def run(module):
     if p["project_dir"] and p["derive_from_compose"]:
         project = _load_project(p, module.check_mode)
         if project.config_error:
+            from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_model import split_compose_stderr
+
+            errors = split_compose_stderr(project.config_error)[0]
             warnings.append("docker compose config failed, secrets were read from the raw compose files: "
-                            + _error_line(project.config_error))
+                            + ("; ".join(errors) or "no error line"))
     registry_file = p["registry_file"]
     if registry_file is None and p["project_dir"]:
         registry_file = os.path.join(p["project_dir"], "hyhome-secrets.yml")

@@ -167,6 +167,7 @@ def main():
     p = module.params
     try:
         from ansible_collections.hyhome.bootstrap.plugins.module_utils import identity, tls_files
+        from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_model import split_compose_stderr
         from ansible_collections.hyhome.bootstrap.plugins.module_utils.project_options import load
 
         certs_dir = p["certs_dir"] or os.path.join(p["project_dir"], "secrets", "certs")
@@ -174,8 +175,9 @@ def main():
         cert_path = os.path.abspath(p["cert_path"] or os.path.join(certs_dir, "cert.pem"))
         project = load(p, module.check_mode)
         if project.config_error:
-            module.warn(f"docker compose rejects the project, readers are taken from the raw files: "
-                        f"{project.config_error.splitlines()[-1] if project.config_error else ''}")
+            errors = split_compose_stderr(project.config_error)[0]
+            module.warn("docker compose rejects the project, readers are taken from the raw files: "
+                        + ("; ".join(errors) or "no error line"))
         resolver = identity.IdentityResolver(p["overrides"], p["image_users"],
                                              identity.DockerImages(docker_cli=p["docker_cli"]), p["missing_image"])
         outcome = tls_files.derive_owner(project, key_path, cert_path, resolver)

@@ -18,6 +18,7 @@ from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_model imp
     project_from_config,
     project_from_raw,
     scan_interpolations,
+    split_compose_stderr,
 )
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyHomeError
 
@@ -356,3 +357,68 @@ def test_config_output_that_is_not_json_falls_back_to_raw(tmp_path):
     assert project.source == "raw" and project.config_error.startswith("docker compose config printed no JSON")
     assert sorted(project.services) == ["db", "web"]  # "tool" is in a profile that is not active
     assert sorted(load_project(FULL, docker=str(fake), profiles=["tools"]).services) == ["db", "tool", "web"]
+
+
+# ---------------------------------------------------------------- compose's stderr, one parser
+
+WARN_A = ('time="2026-01-01T00:00:00Z" level=warning msg="The \\"A\\" variable is not set. '
+          'Defaulting to a blank string."')
+WARN_V = 'time="2026-01-01T00:00:00Z" level=warning msg="/x/compose.yaml: `version` is obsolete"'
+
+
+def test_split_compose_stderr_chooses_the_error_line_over_warnings():
+    stderr = f"{WARN_A}\n{WARN_A}\n{WARN_V}\nservices.db conflicts with imported resource\n"
+    assert split_compose_stderr(stderr) == (
+        ["services.db conflicts with imported resource"],
+        ['The "A" variable is not set. Defaulting to a blank string.', "/x/compose.yaml: `version` is obsolete"])
+
+
+@pytest.mark.parametrize(("stderr", "expected"), [
+    ('time="t" level=fatal msg="boom"\n', (["boom"], [])),
+    ('time="t" level=error msg="bad \\"thing\\" in C:\\\\dir"', (['bad "thing" in C:\\dir'], [])),
+    ('level=warning msg="no time field"', ([], ["no time field"])),
+    ('time="t" level=warn msg="short level"', ([], ["short level"])),
+    ('time="t" level=info msg="chatter"\ntime="t" level=debug msg="more"', ([], [])),   # neither
+    ('time="t" level=warning msg="two\\nlines"', ([], ["two lines"])),
+    ('time="t" level=warning msg="unterminated', (['time="t" level=warning msg="unterminated'], [])),  # not logrus
+    ("exit code 1", (["exit code 1"], [])),
+    ("line one\n\n  line one  \nline two\n", (["line one", "line two"], [])),            # each once
+    (f"{WARN_V}\n", ([], ["/x/compose.yaml: `version` is obsolete"])),                    # no error line
+    ("", ([], [])), ("   \n\t\n", ([], [])), (None, ([], [])),
+])
+def test_split_compose_stderr_odd_input(stderr, expected):
+    assert split_compose_stderr(stderr) == expected
+
+
+def fake_compose(tmp_path, stdout: str, stderr: str, rc: int = 0) -> str:
+    (tmp_path / "out").write_text(stdout, encoding="utf-8")
+    (tmp_path / "err").write_text(stderr, encoding="utf-8")
+    fake = tmp_path / "docker"
+    fake.write_text(f"#!/bin/sh\ncat {tmp_path}/out\ncat {tmp_path}/err >&2\nexit {rc}\n")
+    fake.chmod(0o755)
+    return str(fake)
+
+
+def test_config_warnings_are_parsed_once_each(tmp_path):
+    docker = fake_compose(tmp_path, '{"name": "full", "services": {}}', f"{WARN_A}\n{WARN_A}\n{WARN_V}\n")
+    project = load_project(FULL, docker=docker)
+    assert project.source == "config" and project.config_error is None
+    assert project.config_warnings == ['The "A" variable is not set. Defaulting to a blank string.',
+                                       "/x/compose.yaml: `version` is obsolete"]
+
+
+def test_load_project_reuses_raw_files_it_is_given(tmp_path, monkeypatch):
+    from ansible_collections.hyhome.bootstrap.plugins.module_utils import compose_model
+
+    raw = load_raw(FULL)
+    docker = fake_compose(tmp_path, "not json", "")
+
+    def no_second_read(*args, **kwargs):
+        raise AssertionError("the raw files were read again")
+
+    monkeypatch.setattr(compose_model, "load_raw", no_second_read)
+    project = load_project(FULL, docker=docker, raw=raw)
+    assert project.source == "raw" and sorted(project.services) == ["db", "web"]
+    assert project.files == raw.paths
+    with pytest.raises(HyHomeError, match="the raw files given are those of"):
+        load_project(str(tmp_path), docker=docker, raw=raw)

@@ -14,6 +14,7 @@ from ansible_collections.hyhome.bootstrap.plugins.module_utils.identity import (
     Identity,
     IdentityResolver,
     ImageMissing,
+    LocalImages,
     image_repository,
     image_tag,
     override_identity,
@@ -237,6 +238,21 @@ def test_image_config_user_then_root():
     assert r.warnings == []
 
 
+def test_configured_user_name_that_cannot_be_looked_up_is_not_called_root():
+    """Config.User names a user, but the image's /etc/passwd cannot be read (an inspect-only
+    lookup): the resolver does not know the uid, and says so, instead of answering root."""
+
+    class InspectOnly(FakeImages):
+        def accounts(self, image):
+            raise ImageMissing(image)
+
+    r = IdentityResolver(images=InspectOnly({"img:named": {"user": "app"}, "grafana/grafana:11": {"user": "grafana"}}))
+    ident = r.service(svc("a", image="img:named"))
+    assert (ident.uid, ident.source) == (0, "unresolved")
+    assert "runs as user 'app', whose uid was not looked up" in ident.detail
+    assert r.service(svc("g", image="grafana/grafana:11")).text == "472:0"    # the table still answers
+
+
 def test_nothing_resolves_root_with_a_warning_naming_the_fix():
     r = resolver({})
     ident = r.service(svc("builder", image=None))
@@ -339,3 +355,61 @@ def test_image_passwd_lookup_with_the_cli_fallback():
 def test_missing_image_with_the_sdk():
     with pytest.raises(ImageMissing):
         DockerImages().accounts("hyhome/does-not-exist:never")
+
+
+# ---------------------------------------------------------------------------------------------
+# Config.User of present images, one inspect, never a container (validate)
+
+
+def fake_inspect(tmp_path, stdout: str, rc: int = 1) -> str:
+    """A docker CLI that logs its argv and prints canned ``image inspect`` output."""
+    script = tmp_path / "docker"
+    (tmp_path / "out").write_text(stdout, encoding="utf-8")
+    script.write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path}/calls\ncat {tmp_path}/out\nexit {rc}\n",
+                      encoding="utf-8")
+    script.chmod(0o755)
+    return str(script)
+
+
+def test_local_images_one_inspect_matches_tags_and_digests(tmp_path):
+    digest = "sha256:" + "b" * 64
+    out = ('["grafana/grafana:11.2.0"]\t[]\t"472"\n'
+           '["postgres:16"]\t[]\t""\n'
+           f'[]\t["quay.io/prometheus/prometheus@{digest}"]\t"nobody"\n'
+           'not json at all\n')
+    docker = fake_inspect(tmp_path, out)
+    refs = ["docker.io/grafana/grafana:11.2.0", "docker.io/library/postgres:16",
+            f"quay.io/prometheus/prometheus:v2.54.1@{digest}", "example/absent:1", "docker.io/grafana/grafana:11.2.0"]
+    images = LocalImages(refs, docker_cli=docker)
+    assert images.config_user("grafana/grafana:11.2.0") == "472"
+    assert images.config_user("postgres:16") is None                       # present, no USER
+    assert images.config_user(f"quay.io/prometheus/prometheus@{digest}") == "nobody"
+    with pytest.raises(ImageMissing):
+        images.config_user("example/absent:1")
+    with pytest.raises(ImageMissing):
+        images.accounts("grafana/grafana:11.2.0")                          # never a container
+    (call,) = (tmp_path / "calls").read_text().splitlines()
+    assert call.startswith("image inspect --format ") and call.endswith(
+        f"docker.io/grafana/grafana:11.2.0 docker.io/library/postgres:16 example/absent:1 "
+        f"quay.io/prometheus/prometheus:v2.54.1@{digest}")
+    assert images.calls == 1
+
+
+def test_local_images_without_refs_cli_or_engine_count_every_image_absent(tmp_path):
+    for images in (LocalImages(), LocalImages(["a:1"], docker_cli=None),
+                   LocalImages(["a:1"], docker_cli=str(tmp_path / "no-such-docker")),
+                   LocalImages(["a:1"], docker_cli=fake_inspect(tmp_path, "", rc=1))):
+        with pytest.raises(ImageMissing):
+            images.config_user("a:1")
+    assert LocalImages().calls == 0
+
+
+@pytest.mark.docker
+def test_local_images_on_the_engine():
+    images = LocalImages([BUSYBOX, "hyhome/does-not-exist:never"])
+    assert images.config_user(BUSYBOX) is None
+    with pytest.raises(ImageMissing):
+        images.config_user("hyhome/does-not-exist:never")
+    r = IdentityResolver(images=images)
+    assert r.service(svc("c")).source == "image-config"     # present, no USER: root
+    assert images.calls == 1 and probe_containers() == []

@@ -13,6 +13,7 @@ import pytest
 from ansible_collections.hyhome.bootstrap.plugins.module_utils import preflight as pf
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_model import (
     EnvRef,
+    FileError,
     Location,
     Mount,
     Network,
@@ -21,6 +22,8 @@ from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_model imp
     Secret,
     SecretRef,
     Service,
+    load_raw,
+    project_from_raw,
 )
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyHomeError
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.findings import Finding
@@ -546,14 +549,18 @@ def test_compose_error_line_is_shown_not_its_warnings():
               'Defaulting to a blank string."\n'
               'time="2026-11-25T21:38:37Z" level=warning msg="/srv/p/compose.yaml: `version` is obsolete"\n'
               'service "web" refers to undefined network nope: invalid compose project\n')
-    assert pf.compose_error_lines(stderr) == (
-        ['service "web" refers to undefined network nope: invalid compose project'], 2)
-    assert pf.compose_error_lines('time="x" level=fatal msg="bad \\"thing\\""') == (['bad "thing"'], 0)
-    assert pf.compose_error_lines("") == (["no output"], 0)
-    f = by(pf.run_checks(project(config_error=stderr), fake_facts()), "project.compose_config", "docker compose config")
+    f = by(pf.run_checks(project(config_error=stderr + stderr), fake_facts()), "project.compose_config",
+           "docker compose config")
     assert f.message.startswith('failed: service "web" refers to undefined network nope: invalid compose project '
-                                "(and 2 compose warnings: the validate step lists them)")
+                                "(and 2 compose warnings: the validate step lists them)")    # each warning once
     assert "UNSET" not in f.message and "obsolete" not in f.message
+    f = by(pf.run_checks(project(config_error='time="x" level=fatal msg="bad \\"thing\\""'), fake_facts()),
+           "project.compose_config", "docker compose config")
+    assert f.message.startswith('failed: bad "thing" -- ')
+    only_warnings = 'time="x" level=warning msg="The \\"UNSET\\" variable is not set."'
+    f = by(pf.run_checks(project(config_error=only_warnings), fake_facts()), "project.compose_config",
+           "docker compose config")
+    assert f.message.startswith("failed: without an error line (and 1 compose warning: the validate step lists them)")
 
 
 def failing_project_with_search(tmp_path):
@@ -726,3 +733,214 @@ def test_read_only_host_paths_are_reported_not_left_to_data_dirs(tmp_path):
     assert host.message == "host path, not managed: missing on this host; bind-mounted read-only by cadvisor"
     assert "nothing for day0 to create" in host.hint
     assert rows["data"].fixed_by == "data_dirs"
+
+
+# --------------------------------------------------------------------------------------------
+# Locations: every project finding points at the compose file and line that causes it
+
+
+LOCATED_FILES = {
+    "compose.yaml": (
+        "include:\n"
+        "  - search/compose.yml\n"
+        "services:\n"
+        "  web:\n"
+        "    extends: {file: base.yml, service: base}\n"
+        "    image: nginx:1.25\n"
+        "    environment:\n"
+        "      SITE: ${SITE:?set SITE in .env}\n"
+        "    networks: [default, edge]\n"
+        "    secrets: [db_password]\n"
+        "    volumes:\n"
+        "      - ./data/shared:/srv/shared\n"
+        "      - type: bind\n"
+        "        source: ./conf/app.conf\n"
+        "        target: /etc/app.conf\n"
+        "        read_only: true\n"
+        "  worker:\n"
+        "    image: busybox:1.36\n"
+        "    volumes:\n"
+        "      - ./data/shared:/shared\n"
+        "      - backups:/backups\n"
+        "secrets:\n"
+        "  db_password:\n"
+        "    file: ./secrets/db_password\n"
+        "networks:\n"
+        "  edge:\n"
+        "    external: true\n"
+        "volumes:\n"
+        "  backups:\n"
+        "    external: true\n"
+        "    name: site-backups\n"),
+    "base.yml": (
+        "services:\n"
+        "  base:\n"
+        "    image: busybox:1.36\n"
+        "    volumes:\n"
+        "      - ./data/base:/base\n"),
+    # sorts before web by name, comes after compose.yaml in file order: data/shared is web's line
+    "search/compose.yml": (
+        "services:\n"
+        "  opensearch:\n"
+        "    image: opensearchproject/opensearch:2.13.0\n"
+        "    volumes:\n"
+        "      - ../data/search:/usr/share/opensearch/data\n"
+        "      - ../data/shared:/shared\n"),
+    "conf/app.conf.example": "listen 80\n",
+}
+
+
+def located_project(tmp_path):
+    for rel, text in LOCATED_FILES.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    return tmp_path
+
+
+def line_of(root, rel, needle):
+    """The 1-based line of ``rel`` holding ``needle`` (exactly one), so expectations read as text."""
+    lines = [i for i, text in enumerate((root / rel).read_text().splitlines(), 1) if needle in text]
+    assert len(lines) == 1, (rel, needle, lines)
+    return lines[0]
+
+
+def where(findings, check, subject, root):
+    f = by(findings, check, subject)
+    return (os.path.relpath(f.file, root) if f.file else None), f.line
+
+
+def expected_locations(root, extends=True):
+    """(check, subject) -> (file relative to ``root``, line). ``extends``: the extends: base's mount is
+    in the model (the raw fallback replaces a service's volumes with its own, compose merges them)."""
+    base = {("project.bind_dirs", "data/base"): ("base.yml", line_of(root, "base.yml", "./data/base:/base"))}
+    return {**(base if extends else {}),
+        ("project.secrets", "db_password"): ("compose.yaml", line_of(root, "compose.yaml", "  db_password:")),
+        ("project.bind_dirs", "data/shared"): ("compose.yaml", line_of(root, "compose.yaml", "./data/shared:/srv")),
+        ("project.bind_dirs", "data/search"): ("search/compose.yml", line_of(root, "search/compose.yml",
+                                                                            "../data/search:")),
+        ("project.bind_files", "conf/app.conf"): ("compose.yaml", line_of(root, "compose.yaml", "source: ./conf")),
+        ("project.networks", "edge"): ("compose.yaml", line_of(root, "compose.yaml", "  edge:")),
+        ("project.volumes", "site-backups"): ("compose.yaml", line_of(root, "compose.yaml", "  backups:")),
+        ("host.vm_max_map_count", "vm.max_map_count"): ("search/compose.yml", line_of(root, "search/compose.yml",
+                                                                                      "  opensearch:")),
+    }
+
+
+def unlocated(findings):
+    """Problems of project checks that point nowhere."""
+    return [f"{f.rule} {f.subject}" for f in findings
+            if f.rule.startswith("project.") and f.severity != pf.INFO and not f.file]
+
+
+def test_findings_point_at_their_compose_lines_when_config_fails(tmp_path):
+    """From the raw files (compose stopped on a required variable): the failure points at the
+    variable's reference, every other finding at the line that declares or mounts what it is about."""
+    root = located_project(tmp_path)
+    error = ('time="x" level=warning msg="The \\\\"OTHER\\\\" variable is not set. Defaulting to a blank string."\n'
+             "error while interpolating services.web.environment.SITE: required variable SITE is missing a value: "
+             "set SITE in .env\n")
+    proj = project_from_raw(load_raw(str(root)), config_error=error)
+    findings = pf.run_checks(proj, fake_facts(max_map_count=65530))
+    site = ("compose.yaml", line_of(root, "compose.yaml", "${SITE:?"))
+    assert where(findings, "project.compose_config", "docker compose config", root) == site
+    assert where(findings, "project.env_vars", "SITE", root) == site
+    for (check, subject), loc in expected_locations(root, extends=False).items():
+        assert where(findings, check, subject, root) == loc, (check, subject)
+    assert where(findings, "project.env_file", ".env", root) == (".env", None)
+    assert unlocated(findings) == []
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("with_env", [True, False], ids=["config-passes", "config-fails"])
+def test_findings_point_at_their_compose_lines(tmp_path, with_env):
+    root = located_project(tmp_path)
+    if with_env:
+        (root / ".env").write_text("SITE=example.org\n")
+    proj = pf.load(str(root))
+    assert proj.source == ("config" if with_env else "raw")
+    findings = pf.run_checks(proj, fake_facts(max_map_count=65530))
+    for (check, subject), loc in expected_locations(root, extends=with_env).items():
+        assert where(findings, check, subject, root) == loc, (check, subject)
+    if not with_env:   # compose's real error: the reference of the variable it stopped on
+        assert where(findings, "project.compose_config", "docker compose config", root) == (
+            "compose.yaml", line_of(root, "compose.yaml", "${SITE:?"))
+    assert unlocated(findings) == []
+    # JSON: the file relative to the project, the line a number; the table's WHERE column
+    report = pf.build_report(proj, findings)
+    rows = {(f["rule"], f["subject"]): (f["file"], f["line"]) for f in report["findings"]}
+    edge = ("compose.yaml", line_of(root, "compose.yaml", "  edge:"))
+    assert rows[("project.networks", "edge")] == edge
+    table = pf.render_table(proj, findings)
+    assert table[1].split() == ["SEVERITY", "RULE", "SUBJECT", "WHERE", "MESSAGE"]
+    row = next(line for line in table if "project.networks" in line)
+    assert row.split()[:4] == ["error", "project.networks", "edge", f"compose.yaml:{edge[1]}"]
+
+
+def test_mounts_carry_the_line_of_their_volumes_entry(tmp_path):
+    root = located_project(tmp_path)
+    (root / "compose.yaml").write_text(LOCATED_FILES["compose.yaml"].replace(
+        "  worker:\n    image: busybox:1.36\n",
+        "  worker:\n    image: busybox:1.36\n    tmpfs: /run/worker:size=1m\n"))
+    raw = load_raw(str(root))
+    proj = project_from_raw(raw)
+    got = {(s.name, m.target): (os.path.relpath(m.location.file, root), m.location.line)
+           for s in proj.services.values() for m in s.mounts}
+    compose = lambda needle: ("compose.yaml", line_of(root, "compose.yaml", needle))  # noqa: E731
+    assert got == {
+        ("web", "/srv/shared"): compose("./data/shared:/srv/shared"),
+        ("web", "/etc/app.conf"): compose("source: ./conf/app.conf"),          # a long entry: its source line
+        ("worker", "/shared"): compose("./data/shared:/shared"),
+        ("worker", "/backups"): compose("backups:/backups"),
+        ("worker", "/run/worker"): compose("tmpfs: /run/worker"),
+        ("opensearch", "/usr/share/opensearch/data"): ("search/compose.yml", 5),
+        ("opensearch", "/shared"): ("search/compose.yml", 6),
+    }
+    decl = {section: {k: (os.path.relpath(v.file, root), v.line) for k, v in keys.items()}
+            for section, keys in proj.declarations.items() if keys}
+    assert decl == {
+        "services": {"web": compose("  web:"), "worker": compose("  worker:"),
+                     "opensearch": ("search/compose.yml", 2)},
+        "networks": {"edge": compose("  edge:")},
+        "volumes": {"backups": compose("  backups:")},
+        "secrets": {"db_password": compose("  db_password:")},
+    }
+
+
+@pytest.mark.parametrize(("error", "expected"), [
+    ('service "web" refers to undefined network nope: invalid compose project', ("/nonexistent/demo/compose.yaml", 4)),
+    ("validating /nonexistent/demo/compose.yaml: services.web Additional property foo is not allowed",
+     ("/nonexistent/demo/compose.yaml", 4)),
+    ("decoding failed due to the following error(s):\n\nerror decoding 'services[web].mem_limit': invalid size: 'abc'",
+     ("/nonexistent/demo/compose.yaml", 4)),
+    ("validating /nonexistent/demo/other.yaml: additional properties 'x' not allowed",
+     ("/nonexistent/demo/other.yaml", None)),                                   # the file, compose gives no line
+    ('service "ghost" refers to undefined volume v: invalid compose project', (None, None)),
+    ("something else entirely", (None, None)),
+])
+def test_compose_config_failure_points_at_what_it_names(error, expected):
+    proj = project([svc("web", location=Location("/nonexistent/demo/compose.yaml", 4))], config_error=error)
+    proj.files.append("/nonexistent/demo/other.yaml")
+    f = by(pf.run_checks(proj, fake_facts()), "project.compose_config", "docker compose config")
+    assert (f.file, f.line) == expected
+
+
+def test_unreadable_compose_file_is_located():
+    bad = Location("/nonexistent/demo/compose.yaml", 7)
+    proj = project(file_errors=[FileError(bad, "YAML syntax error: mapping values are not allowed here")])
+    f = by(pf.run_checks(proj, fake_facts()), "project.compose_config", "compose.yaml:7")
+    assert (f.severity, f.file, f.line) == ("error", bad.file, 7)
+
+
+def test_host_checks_point_at_the_services_that_need_them():
+    compose, search = "/nonexistent/demo/compose.yaml", "/nonexistent/demo/search.yml"
+    proj = project([svc("os-2", image="opensearchproject/opensearch:2.13.0", location=Location(search, 3)),
+                    svc("os-1", image="opensearchproject/opensearch:2.13.0", location=Location(compose, 9)),
+                    svc("web", ports=[Port(80, 8080, None)], location=Location(compose, 20))])
+    proj.files.append(search)
+    findings = pf.run_checks(proj, fake_facts(max_map_count=65530,
+                                              bindings=[pf.Binding("other-1", "other", "tcp", ANY, 8080)]))
+    vm = by(findings, "host.vm_max_map_count", "vm.max_map_count")
+    assert (vm.file, vm.line) == (compose, 9)              # the first in file order, the others in the text
+    assert "(service os-1 (compose.yaml:9), os-2 (search.yml:3))" in vm.message
+    port = by(findings, "host.ports", "tcp/8080")
+    assert (port.file, port.line) == (compose, 20)

@@ -126,7 +126,8 @@ def make_project(tmp_path):
     (d / "db").mkdir(parents=True)
     (d / "common").mkdir()
     (d / "compose.yaml").write_text(ROOT)
-    (d / "db" / "compose.yaml").write_text("services:\n  db:\n    image: busybox\n    command: [sleep, '${DB_SLEEP:-1}']\n")
+    (d / "db" / "compose.yaml").write_text(
+        "services:\n  db:\n    image: busybox\n    command: [sleep, '${DB_SLEEP:-1}']\n")
     (d / "common" / "base.yaml").write_text("services:\n  base:\n    mem_limit: 64m\n")
     (d / "web.env").write_text("A=1\n")
     (d / ".env").write_text("GREETING=hello\n")
@@ -198,7 +199,7 @@ def test_write_then_read_private_modes(tmp_path):
 
 def test_loose_state_dir_is_tightened_on_write(tmp_path):
     (tmp_path / ".hyhome").mkdir(mode=0o755)
-    os.chmod(tmp_path / ".hyhome", 0o755)
+    os.chmod(tmp_path / ".hyhome", 0o755)  # noqa: S103 - the loose mode under test
     assert pc.write(str(tmp_path), "k", 0, CONFIG, "")
     assert stat.S_IMODE(os.stat(tmp_path / ".hyhome").st_mode) == 0o700
 
@@ -406,9 +407,10 @@ def test_memo_keeps_derived_output_with_the_context(tmp_path, counting_docker):
     assert len(computed) == 1
     assert pc.memo(load(params(d, docker), check_mode=True), "hash", compute) == {"web": "abc"}
     assert pc.memo(load(params(d, docker), check_mode=True), "other", compute) and len(computed) == 2
-    assert "other" not in json.loads(open(pc.cache_path(str(d))).read())["extra"]   # check mode wrote nothing
-    with open(pc.cache_path(str(d))) as fh:   # a stored value that does not validate is recomputed
+    with open(pc.cache_path(str(d))) as fh:
         doc = json.load(fh)
+    assert "other" not in doc["extra"]                               # check mode wrote nothing
+    # A stored value that does not validate is recomputed.
     doc["extra"]["hash"] = ["not", "a", "mapping"]
     with open(pc.cache_path(str(d)), "w") as fh:
         json.dump(doc, fh)

@@ -398,13 +398,21 @@ secrets:
 """
 
 
-def test_module_shows_compose_error_line_not_its_warnings():
+@pytest.mark.docker
+def test_module_shows_compose_error_line_not_its_warnings(tmp_path):
     from ansible_collections.hyhome.bootstrap.plugins.modules import secret_files
 
-    text = ('time="x" level=warning msg="The \\"TZ\\" variable is not set."\n'
-            "error while interpolating services.kafka.environment.CLUSTER_ID: required variable KAFKA_CLUSTER_ID\n")
-    assert secret_files._error_line(text).startswith("error while interpolating")
-    assert secret_files._error_line('level=warning msg="only"') == 'level=warning msg="only"'
+    (tmp_path / "compose.yaml").write_text(
+        "services:\n  kafka:\n    image: apache/kafka:3.8.0\n    environment:\n      TZ: ${TZ}\n"
+        "      CLUSTER_ID: ${KAFKA_CLUSTER_ID:?set KAFKA_CLUSTER_ID}\n    secrets: [kafka_password]\n"
+        "secrets:\n  kafka_password: {file: ./secrets/kafka_password}\n")
+    module = FakeModule(check_mode=True, project_dir=str(tmp_path))
+    secret_files.run(module)
+    (warning,) = [w for w in module.warnings if w.startswith("docker compose config failed")]
+    assert warning.startswith("docker compose config failed, secrets were read from the raw compose files: error "
+                              "while interpolating services.kafka.environment.CLUSTER_ID: required variable "
+                              "KAFKA_CLUSTER_ID is missing a value")
+    assert "level=warning" not in warning and "TZ" not in warning
 
 
 @pytest.mark.docker

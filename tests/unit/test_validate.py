@@ -6,7 +6,7 @@ import json
 import os
 
 import pytest
-from ansible_collections.hyhome.bootstrap.plugins.module_utils import mounts
+from ansible_collections.hyhome.bootstrap.plugins.module_utils import compose_model, compose_validate, mounts
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_model import (
     EnvRef,
     Location,
@@ -25,12 +25,16 @@ from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_validate 
     lint_files,
     literal_credential,
     main,
+    offline_identities,
     render_table,
     run,
-    split_compose_output,
     validate,
 )
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyHomeError
+from ansible_collections.hyhome.bootstrap.plugins.module_utils.identity import (
+    IdentityResolver,
+    LocalImages,
+)
 
 FIXTURES = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "fixtures", "validate"))
 
@@ -273,6 +277,154 @@ def test_no_new_privileges_forms(opts, ok):
 ])
 def test_root_user_forms(user, expected):
     assert rules(validate(project(svc(user=user)))) == expected
+
+
+def fake_docker(tmp_path, users: dict) -> str:
+    """A docker CLI whose engine holds ``users`` (image -> Config.User) and logs its calls; any
+    command but ``image inspect`` (``create``, ``run``, ``cp``) fails the test."""
+    script = tmp_path / "docker"
+    script.write_text(
+        "#!/usr/bin/env python3\n"
+        "import json, sys\n"
+        f"USERS = {users!r}\n"
+        f"open({str(tmp_path / 'calls')!r}, 'a').write(' '.join(sys.argv[1:3]) + '\\n')\n"
+        "assert sys.argv[1:3] == ['image', 'inspect'], sys.argv\n"
+        "missing = False\n"
+        "for ref in sys.argv[5:]:\n"
+        "    if ref in USERS:\n"
+        "        print(json.dumps([ref]) + '\\t[]\\t' + json.dumps(USERS[ref]))\n"
+        "    else:\n"
+        "        missing = True\n"
+        "        print('Error: No such image: ' + ref, file=sys.stderr)\n"
+        "sys.exit(1 if missing else 0)\n", encoding="utf-8")
+    script.chmod(0o755)
+    return str(script)
+
+
+def non_root(image, user=None, identities=None):
+    found = validate(project(svc(image=image, user=user)), identities=identities)
+    return [(f.severity, f.message, f.hint) for f in found if f.rule == "security-non-root"]
+
+
+@pytest.mark.parametrize("image", [
+    "grafana/grafana:11.2.0", "grafana/loki:3.1.1", "docker.io/library/postgres:16", "quay.io/prometheus/prometheus:v2",
+    "opensearchproject/opensearch:2.16.0", "zalando/spilo-16:3.3-p1",
+])
+def test_no_user_but_the_image_is_known_to_run_non_root(image):
+    """The built-in table of the identity resolver knows these images' users: no finding."""
+    assert non_root(image) == []
+
+
+def test_no_user_and_the_image_is_known_to_run_as_root():
+    ((severity, message, hint),) = non_root("traefik:v3.1")
+    assert severity == "warning"
+    assert message == ("no user: declared and image traefik:v3.1 runs as root (the built-in image table: "
+                       "traefik -> 0:0)")
+    assert "declare an exception with the reason" in hint
+
+
+def test_no_user_and_an_unknown_image_says_so_with_the_fix():
+    ((severity, message, hint),) = non_root("example/unknown:1")
+    assert severity == "warning"
+    assert message.startswith("no user: declared, and which user its image runs as could not be determined (image "
+                              "example/unknown:1 is not on this engine and not in the built-in table)")
+    assert "user:" in hint and "hyhome_image_users" in hint and "--image-user" in hint
+    # hyhome_image_users answers it, like it does for secrets and data_dirs
+    assert non_root("example/unknown:1", identities=offline_identities({"example/unknown": "1500:1500"})) == []
+    assert len(non_root("example/unknown:1", identities=offline_identities({"example/unknown": "0"}))) == 1
+
+
+def test_no_user_and_no_image():
+    ((_, message, _),) = non_root(None)
+    assert "could not be determined (it has no image and no user:)" in message
+
+
+def test_present_image_config_user_answers_without_a_container(tmp_path):
+    users = {"example/app:1": "1000:1000", "example/named:1": "app", "example/bare:1": "",
+             "example/rootful:1": "root", "traefik:v3.1": "65532"}
+    docker = fake_docker(tmp_path, users)
+
+    def check(image):
+        return non_root(image, identities=IdentityResolver(images=LocalImages([image], docker_cli=docker)))
+
+    assert check("example/app:1") == []
+    assert check("traefik:v3.1") == []                 # Config.User beats the table's root
+    ((severity, message, _),) = check("example/bare:1")
+    assert severity == "warning" and message.endswith("runs as root (its Config.User: image example/bare:1 sets no "
+                                                      "USER: it runs as root)")
+    assert check("example/rootful:1")[0][1].startswith("no user: declared and image example/rootful:1 runs as root")
+    # A user name needs the image's /etc/passwd (a container): validate does not look, it says it does not know.
+    ((_, message, _),) = check("example/named:1")
+    assert "could not be determined" in message and "runs as user 'app'" in message
+    assert (tmp_path / "calls").read_text().splitlines() == ["image inspect"] * 5   # one per resolver, no create
+
+
+def test_declared_user_is_the_answer_whatever_the_image():
+    assert non_root("grafana/grafana:11.2.0", user="root")[0][0] == "error"
+    assert non_root("traefik:v3.1", user="1000:1000") == []
+    assert non_root("example/unknown:1", user="app") == []   # a name: non-root, not looked up
+
+
+def test_bad_image_users_entry_is_a_finding_not_a_crash():
+    ((_, message, _),) = non_root("example/unknown:1", identities=offline_identities({"example/unknown": "app"}))
+    assert "could not be determined" in message and "must be numeric" in message
+
+
+def test_exception_accepts_a_known_root_image():
+    s = svc("proxy", image="traefik:v3.1", user=None,
+            extensions={"x-hyhome": {"exceptions": {"non-root": "binds port 80"}}})
+    (f,) = validate(project(s))
+    assert (f.rule, f.accepted) == ("security-non-root", "binds port 80")
+
+
+@pytest.mark.docker
+def test_run_reads_present_images_with_one_inspect_and_the_raw_files_once(tmp_path, monkeypatch):
+    """hyhome/busybox:local is on the engine and sets no USER: root, known from its Config.User;
+    the table answers for grafana; the project's files are read once."""
+    (tmp_path / "compose.yaml").write_text(
+        "services:\n"
+        "  box:\n    image: hyhome/busybox:local\n"
+        "  graf:\n    image: grafana/grafana:11.2.0\n", encoding="utf-8")
+    raw_reads = []
+    real_load_raw = compose_model.load_raw
+
+    def counting_load_raw(*args, **kwargs):
+        raw_reads.append(args)
+        return real_load_raw(*args, **kwargs)
+
+    monkeypatch.setattr(compose_model, "load_raw", counting_load_raw)
+    monkeypatch.setattr(compose_validate, "load_raw", counting_load_raw)
+    inspects = []
+    real_load = LocalImages._load
+
+    def counting_load(self):
+        inspects.append(list(self.refs))
+        return real_load(self)
+
+    monkeypatch.setattr(LocalImages, "_load", counting_load)
+    _, findings, _ = run(str(tmp_path), yamllint=False)
+    assert len(raw_reads) == 1
+    assert inspects == [["grafana/grafana:11.2.0", "hyhome/busybox:local"]]
+    ((service, message),) = [(f.service, f.message) for f in findings if f.rule == "security-non-root"]
+    assert service == "box" and "its Config.User" in message
+    # without the engine lookup the busybox image is unknown
+    _, findings, _ = run(str(tmp_path), yamllint=False, inspect_images=False)
+    assert next(f.message for f in findings if f.rule == "security-non-root").endswith("it may be root")
+
+
+def test_cli_image_user_option(tmp_path, capsys, monkeypatch):
+    seen = {}
+
+    def fake_run(project_dir, **kwargs):
+        seen.update(kwargs)
+        raise HyHomeError("stop here")
+
+    monkeypatch.setattr(compose_validate, "run", fake_run)
+    assert main([str(tmp_path), "--image-user", "myorg/worker=1500:1500", "--image-user", " a/b = 7 "]) == 2
+    assert seen["image_users"] == {"myorg/worker": "1500:1500", "a/b": "7"}
+    with pytest.raises(SystemExit):
+        main([str(tmp_path), "--image-user", "myorg/worker"])
+    assert "REPOSITORY=UID[:GID]" in capsys.readouterr().err
 
 
 def test_cap_drop_is_case_insensitive():
@@ -577,20 +729,6 @@ def test_redeclared_fixture_names_every_conflict_and_still_checks_raw():
         "such conflict (\"services.gateway conflicts with imported resource\") and names only it")
     assert redeclared[1].message.startswith("volume search-data is declared in search/compose.yaml:18 and again")
     assert redeclared[3].hint.startswith("declare network edge once, in the root file")
-
-
-def test_split_compose_output_separates_the_error_from_warnings():
-    stderr = ('time="2026-01-01T00:00:00Z" level=warning msg="The \\"A\\" variable is not set. Defaulting to a '
-              'blank string."\n'
-              'time="2026-01-01T00:00:00Z" level=warning msg="The \\"A\\" variable is not set. Defaulting to a '
-              'blank string."\n'
-              'time="2026-01-01T00:00:00Z" level=warning msg="/x/compose.yaml: `version` is obsolete"\n'
-              "services.db conflicts with imported resource\n")
-    errors, warnings = split_compose_output(stderr)
-    assert errors == ["services.db conflicts with imported resource"]
-    assert warnings == ['The "A" variable is not set. Defaulting to a blank string.',
-                        "/x/compose.yaml: `version` is obsolete"]
-    assert split_compose_output('time="t" level=fatal msg="boom"\n') == (["boom"], [])
 
 
 def test_config_failure_finding_shows_the_error_and_one_finding_per_warning():
