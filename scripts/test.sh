@@ -41,6 +41,13 @@ stage_docs() {
     ansible-doc -t module "hyhome.bootstrap.$m" >/dev/null
     printf 'ansible-doc hyhome.bootstrap.%s: ok\n' "$m"
   done
+  for m in plugins/callback/*.py; do
+    m=$(basename "$m" .py)
+    ansible-doc -t callback "hyhome.bootstrap.$m" >/dev/null
+    printf 'ansible-doc -t callback hyhome.bootstrap.%s: ok\n' "$m"
+  done
+  ansible-doc -t role hyhome.bootstrap.project >/dev/null
+  printf 'ansible-doc -t role hyhome.bootstrap.project: ok\n'
 }
 
 stage_unit() {

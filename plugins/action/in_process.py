@@ -43,8 +43,9 @@ class ActionModule(ActionBase):
         del tmp
         task_vars = task_vars or {}
         wrap_async = self._task.async_val and not self._connection.has_native_async
-        if not wrap_async and self._runs_here(task_vars):
-            return merge_hash(result, self._execute_in_process(task_vars))
+        module_fqn = self._module_fqn() if not wrap_async and self._runs_here(task_vars) else None
+        if module_fqn:
+            return merge_hash(result, self._execute_in_process(module_fqn, task_vars))
         result = merge_hash(result, self._execute_module(task_vars=task_vars, wrap_async=wrap_async))
         if not wrap_async:
             self._remove_tmp_path(self._connection._shell.tmpdir)
@@ -69,7 +70,8 @@ class ActionModule(ActionBase):
         return same_python(str(self._templar.template(interpreter)), sys.executable)
 
     def _module_fqn(self) -> str | None:
-        """The Python name of the module (``ansible_collections.<ns>.<coll>.plugins.modules.<name>``)."""
+        """The Python name of the module (``ansible_collections.<ns>.<coll>.plugins.modules.<name>``);
+        None sends the task down the normal path, which reports a module it cannot find properly."""
         context = self._shared_loader_obj.module_loader.find_plugin_with_context(
             self._task.action, collection_list=self._task.collections)
         if not context.resolved or not context.plugin_resolved_collection:
@@ -78,10 +80,7 @@ class ActionModule(ActionBase):
         name = context.resolved_fqcn.rsplit(".", 1)[-1]
         return f"ansible_collections.{namespace}.{collection}.plugins.modules.{name}"
 
-    def _execute_in_process(self, task_vars: dict) -> dict:
-        module_fqn = self._module_fqn()
-        if module_fqn is None:   # cannot happen for our modules; the normal path reports it properly
-            return self._execute_module(task_vars=task_vars)
+    def _execute_in_process(self, module_fqn: str, task_vars: dict) -> dict:
         module_args = self._task.args.copy()
         self._update_module_args(self._task.action, module_args, task_vars)
         environment: dict = {}

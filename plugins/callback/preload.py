@@ -13,8 +13,10 @@ description:
     C(hyhome.bootstrap.in_process) action, for tasks on this machine with the controller's Python), every
     worker would import the docker SDK, cryptography, PyYAML, yamllint and the collection's compose model
     again; the docker SDK alone takes about 0.2 s.
-  - This callback imports them once when the playbook starts, so every worker inherits them. It prints
-    nothing and changes nothing; a missing library is skipped (the module that needs it reports it).
+  - This callback imports them once when the playbook starts, so every worker inherits them, and loads
+    Ansible's own Jinja filter and test plugins, which every worker evaluating a filter (C(| bool),
+    C(| default)) would otherwise load again. It prints nothing and changes nothing; a missing library
+    is skipped (the module that needs it reports it).
   - Enabled in the repository's C(ansible.cfg) (C(callbacks_enabled)). When C(ANSIBLE_CALLBACKS_ENABLED) is set,
     add C(hyhome.bootstrap.preload) to it, or the runs are slower (not different).
   - Set C(HYHOME_IN_PROCESS=0) to turn the in-process path, and this import, off.

@@ -621,8 +621,44 @@ class RawProject:
             path = _abspath(_expand_defaults(str(ext["file"]), self.env), os.path.dirname(file.path))
             base_file = next((f for f in self.files if f.path == path), file)
         merged = self.resolved_service(base, base_file, depth + 1)
-        merged.update({k: v for k, v in service.items() if k != "extends"})
-        return merged
+        return merge_extends(merged, {k: v for k, v in service.items() if k != "extends"})
+
+
+_EXTENDS_UNION = ("security_opt", "cap_add", "cap_drop", "group_add", "ports", "expose", "dns", "secrets",
+                  "configs", "env_file", "tmpfs", "profiles")
+_EXTENDS_MAPPINGS = ("environment", "labels", "depends_on", "sysctls", "extra_hosts")
+
+
+def _volume_target(entry) -> str | None:
+    if isinstance(entry, dict):
+        return str(entry.get("target")) if entry.get("target") is not None else None
+    return _parse_short_volume(str(entry)).get("target")
+
+
+def merge_extends(base: dict, override: dict) -> dict:
+    """Compose's ``extends`` merge, for the raw fallback: the service wins key by key; mappings
+    (environment, labels, ...) merge; ``volumes`` merge by target; list keys such as
+    ``cap_drop`` or ``secrets`` are the union, base entries first."""
+    merged = dict(base)
+    for key, value in override.items():
+        old = merged.get(key)
+        if key == "volumes" and isinstance(old, list) and isinstance(value, list):
+            mine = {_volume_target(v) for v in value}
+            merged[key] = [v for v in old if _volume_target(v) not in mine] + list(value)
+        elif key in _EXTENDS_UNION and isinstance(old, list) and isinstance(value, list):
+            merged[key] = list(old) + [v for v in value if v not in old]
+        elif key in _EXTENDS_MAPPINGS and old is not None and value is not None:
+            if key == "environment":
+                merged[key] = {**_norm_env(old), **_norm_env(value)}
+            elif key == "labels":
+                merged[key] = {**_norm_labels(old), **_norm_labels(value)}
+            elif isinstance(old, dict) and isinstance(value, dict):
+                merged[key] = {**old, **value}
+            else:
+                merged[key] = value
+        else:
+            merged[key] = value
+    return merged
 
 
 def read_dotenv(path: str | None) -> dict[str, str]:

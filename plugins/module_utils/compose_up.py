@@ -1070,6 +1070,7 @@ class Engine:
         self.env = {k: v for k, v in os.environ.items() if k not in ("COMPOSE_FILE", "COMPOSE_PROFILES")}
         self.env.update(env or {})
         self.commands: list[list[str]] = []
+        self._image_ids: dict[str, str | None] = {}
 
     def containers(self) -> dict[str, list[ContainerInfo]]:
         items = self.client.api.containers(all=True, filters={"label": f"{PROJECT_LABEL}={self.project_name}"})
@@ -1099,12 +1100,14 @@ class Engine:
                               f"{exc.explanation or exc}") from None
 
     def image_id(self, name: str) -> str | None:
-        try:
-            return self.client.api.inspect_image(name)["Id"]
-        except self._errors.ImageNotFound:
-            return None
-        except self._errors.APIError:
-            return None
+        # Asked twice per service (build/pull decision, then recreate check); any compose command may
+        # build or pull, so run() forgets what was seen.
+        if name not in self._image_ids:
+            try:
+                self._image_ids[name] = self.client.api.inspect_image(name)["Id"]
+            except (self._errors.ImageNotFound, self._errors.APIError):
+                self._image_ids[name] = None
+        return self._image_ids[name]
 
     def logs(self, container_id: str, tail: int = 20) -> str:
         raw = self.client.api.logs(container_id, stdout=True, stderr=True, tail=tail, timestamps=False)
@@ -1137,6 +1140,7 @@ class Engine:
                               f"{exc.explanation or exc}") from None
 
     def run(self, args: list[str], record: bool = True, timeout: float | None = None) -> subprocess.CompletedProcess:
+        self._image_ids.clear()
         argv = self.base + args
         if record:
             self.commands.append(argv)

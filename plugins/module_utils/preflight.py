@@ -25,7 +25,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 
-from ansible_collections.hyhome.bootstrap.plugins.module_utils import compose_model
+from ansible_collections.hyhome.bootstrap.plugins.module_utils import compose_model, project_context
 from ansible_collections.hyhome.bootstrap.plugins.module_utils import findings as shared
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_model import Location, Project
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyHomeError
@@ -397,10 +397,19 @@ def _explain_docker_error(exc: BaseException) -> str:
     return f"cannot reach Docker Engine at {host}: {why}"
 
 
-def _compose_probe(facts: HostFacts, docker_cli: str) -> None:
-    try:
+def _compose_probe(facts: HostFacts, docker_cli: str, project: Project | None = None) -> None:
+    def version() -> dict:
         res = subprocess.run([docker_cli, "compose", "version", "--short"], capture_output=True, text=True,
                              timeout=60, check=False)
+        return {"returncode": res.returncode, "stdout": res.stdout}
+
+    try:
+        # The Compose plugin's version only changes with its binary, which the project context's key
+        # covers: kept with the context, like `docker compose config` itself.
+        res = version() if project is None else project_context.memo(
+            project, "compose-version", version,
+            valid=lambda v: isinstance(v, dict) and v.get("returncode") == 0 and isinstance(v.get("stdout"), str))
+        res = subprocess.CompletedProcess([], res["returncode"], res["stdout"], "")
     except FileNotFoundError:
         facts.compose_error = f"the docker CLI ({docker_cli}) is not installed"
         return
@@ -456,7 +465,7 @@ def gather_host_facts(project: Project, options: Options = Options(), docker_cli
     """Probe the host once. Never raises: a failed probe is recorded in the facts and reported."""
     facts = HostFacts()
     _docker_probe(facts, client_factory)
-    _compose_probe(facts, docker_cli)
+    _compose_probe(facts, docker_cli, project)
     try:
         with open(os.path.join(proc, "sys/vm/max_map_count"), encoding="ascii") as fh:
             facts.max_map_count = int(fh.read().strip())

@@ -26,11 +26,12 @@ except ImportError:  # pragma: no cover - another ansible-core
 
 PROFILE = "legacy"   # the serialization profile of modules that declare no metadata (all of ours)
 COLLECTION = "ansible_collections.hyhome.bootstrap.plugins."
-# What the modules import, heaviest first. Missing libraries are skipped: the module reports them.
+# What several modules of one run import (what only one imports gains nothing here: importing it
+# in the main process makes every fork a little slower). Missing libraries are skipped: the module
+# reports them.
 PRELOAD = (
     "docker", "yaml", "cryptography.x509", "cryptography.hazmat.primitives.serialization",
     "cryptography.hazmat.primitives.asymmetric.rsa", "cryptography.hazmat.primitives.asymmetric.ec",
-    "yamllint.config", "yamllint.linter",
     COLLECTION + "module_utils.compose_model", COLLECTION + "module_utils.project_options",
     COLLECTION + "module_utils.project_context", COLLECTION + "module_utils.identity",
     COLLECTION + "module_utils.mounts", COLLECTION + "module_utils.findings",
@@ -84,7 +85,11 @@ def install_finder() -> None:
 
 
 def preload(names=PRELOAD) -> list[str]:
-    """Import ``names`` now (best effort); returns the ones that could not be imported."""
+    """Import ``names`` now (best effort); returns the ones that could not be imported.
+
+    Also loads Ansible's own Jinja filter and test plugins: every worker that evaluates a template
+    with a filter (``| bool``, ``| default``) loads all of them otherwise, about 10 ms per task.
+    """
     install_finder()
     missing = []
     for name in names:
@@ -92,6 +97,14 @@ def preload(names=PRELOAD) -> list[str]:
             importlib.import_module(name)
         except Exception:   # an optional speed-up: the module itself reports what is missing
             missing.append(name)
+    try:
+        from ansible.plugins.loader import filter_loader, test_loader
+
+        for loader in (filter_loader, test_loader):
+            for _ in loader.all():
+                pass
+    except Exception:   # same: only a speed-up
+        missing.append("ansible jinja plugins")
     return missing
 
 

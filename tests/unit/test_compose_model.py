@@ -422,3 +422,22 @@ def test_load_project_reuses_raw_files_it_is_given(tmp_path, monkeypatch):
     assert project.files == raw.paths
     with pytest.raises(HyHomeError, match="the raw files given are those of"):
         load_project(str(tmp_path), docker=docker, raw=raw)
+
+
+def test_raw_extends_merge_follows_compose():
+    """The raw fallback merges an extends: base as compose does: volumes by target (the service's
+    entry wins), environment and labels key by key, list keys as a union, other keys replaced."""
+    from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_model import merge_extends
+
+    base = {"image": "base:1", "volumes": ["./data/a:/a", "./data/b:/b:ro"], "cap_drop": ["ALL"],
+            "environment": ["A=1", "B=2"], "labels": {"x": "1"}, "security_opt": ["no-new-privileges:true"]}
+    svc = {"image": "svc:2", "volumes": [{"type": "bind", "source": "./other", "target": "/b"}],
+           "environment": {"B": "3"}, "cap_drop": ["ALL", "NET_RAW"], "labels": ["y=2"]}
+    merged = merge_extends(base, svc)
+    assert merged["image"] == "svc:2"
+    assert merged["volumes"] == ["./data/a:/a", {"type": "bind", "source": "./other", "target": "/b"}]
+    assert merged["environment"] == {"A": "1", "B": "3"}
+    assert merged["labels"] == {"x": "1", "y": "2"}
+    assert merged["cap_drop"] == ["ALL", "NET_RAW"]
+    assert merged["security_opt"] == ["no-new-privileges:true"]
+    assert base["volumes"] == ["./data/a:/a", "./data/b:/b:ro"]   # inputs untouched

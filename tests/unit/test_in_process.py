@@ -51,7 +51,7 @@ PLAYBOOK = """\
 """
 
 
-def USING(module: str) -> str:  # noqa: N802 - reads as the log line it matches
+def USING(module: str) -> str:
     """What ansible -vvv logs when it builds a module's AnsiballZ payload (the normal path)."""
     return f"plugins/modules/{module}.py"
 
@@ -113,3 +113,71 @@ def test_other_interpreter_takes_the_normal_path(tmp_path):
     run = run_playbook(tmp_path, project, in_process=True, interpreter=str(alias))
     assert USING("compose_validate") in run["log"]
     assert run["results"]["bad"]["failed"]
+
+
+def test_same_python_means_same_binary_from_the_same_directory(tmp_path):
+    from ansible_collections.hyhome.bootstrap.plugins.action.in_process import same_python
+
+    venv_bin = tmp_path / "venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    (venv_bin / "python3").symlink_to(sys.executable)
+    (venv_bin / "python").symlink_to("python3")
+    elsewhere = tmp_path / "python3"
+    elsewhere.symlink_to(sys.executable)
+    other = tmp_path / "venv" / "bin" / "python2"
+    other.write_text("#!/bin/sh\n")
+    assert same_python(str(venv_bin / "python"), str(venv_bin / "python3"))
+    assert same_python(str(venv_bin / "python3"), str(venv_bin / "python3"))
+    assert not same_python(str(elsewhere), str(venv_bin / "python3"))       # another environment
+    assert not same_python(str(other), str(venv_bin / "python3"))           # another binary
+
+
+def test_collection_bytecode_goes_to_the_cache_not_the_project(tmp_path, monkeypatch):
+    import importlib
+
+    from ansible_collections.hyhome.bootstrap.plugins.plugin_utils import in_process
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)          # as in ansible's workers
+    name = "ansible_collections.hyhome.bootstrap.plugins.module_utils.hostinfo"
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    finder = in_process.BytecodeCachingFinder()
+    monkeypatch.setattr(sys, "meta_path", [finder, *sys.meta_path])
+    module = importlib.import_module(name)
+    source = Path(module.__file__)
+    assert isinstance(module.__spec__.loader, in_process.BytecodeCachingLoader)
+    cached = list((tmp_path / "cache" / "hyhome-bootstrap" / "pycache").rglob("hostinfo.*.pyc"))
+    assert len(cached) == 1 and str(source.parent).lstrip("/") in str(cached[0])
+    assert sys.dont_write_bytecode is True and sys.pycache_prefix is None   # restored
+
+
+def test_host_addresses_from_the_default_routes():
+    from ansible_collections.hyhome.bootstrap.plugins.module_utils import hostinfo
+
+    class FakeSocket:
+        routes = {"8.8.8.8": "192.0.2.7", "2404:6800:400a:800::1012": None}
+
+        def __init__(self, family, kind):
+            self.address = None
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def connect(self, target):
+            address = self.routes[target[0]]
+            if address is None:
+                raise OSError(101, "Network is unreachable")
+            self.address = address
+
+        def getsockname(self):
+            return (self.address, 40000)
+
+    assert hostinfo.default_addresses(FakeSocket) == ["192.0.2.7"]
+    assert hostinfo.with_host_addresses(["localhost", "192.0.2.7"], FakeSocket) == ["localhost", "192.0.2.7"]
+    FakeSocket.routes["2404:6800:400a:800::1012"] = "fd00::7%eth0"
+    assert hostinfo.with_host_addresses(["localhost"], FakeSocket) == ["localhost", "192.0.2.7", "fd00::7"]
+    FakeSocket.routes = {"8.8.8.8": "0.0.0.0", "2404:6800:400a:800::1012": None}  # noqa: S104 - an answer
+    assert hostinfo.default_addresses(FakeSocket) == []

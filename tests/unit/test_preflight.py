@@ -809,11 +809,11 @@ def where(findings, check, subject, root):
     return (os.path.relpath(f.file, root) if f.file else None), f.line
 
 
-def expected_locations(root, extends=True):
-    """(check, subject) -> (file relative to ``root``, line). ``extends``: the extends: base's mount is
-    in the model (the raw fallback replaces a service's volumes with its own, compose merges them)."""
+def expected_locations(root):
+    """(check, subject) -> (file relative to ``root``, line); the extends: base's mount included
+    (compose merges a base's volumes into the service, and so does the raw fallback)."""
     base = {("project.bind_dirs", "data/base"): ("base.yml", line_of(root, "base.yml", "./data/base:/base"))}
-    return {**(base if extends else {}),
+    return {**base,
         ("project.secrets", "db_password"): ("compose.yaml", line_of(root, "compose.yaml", "  db_password:")),
         ("project.bind_dirs", "data/shared"): ("compose.yaml", line_of(root, "compose.yaml", "./data/shared:/srv")),
         ("project.bind_dirs", "data/search"): ("search/compose.yml", line_of(root, "search/compose.yml",
@@ -844,7 +844,7 @@ def test_findings_point_at_their_compose_lines_when_config_fails(tmp_path):
     site = ("compose.yaml", line_of(root, "compose.yaml", "${SITE:?"))
     assert where(findings, "project.compose_config", "docker compose config", root) == site
     assert where(findings, "project.env_vars", "SITE", root) == site
-    for (check, subject), loc in expected_locations(root, extends=False).items():
+    for (check, subject), loc in expected_locations(root).items():
         assert where(findings, check, subject, root) == loc, (check, subject)
     assert where(findings, "project.env_file", ".env", root) == (".env", None)
     assert unlocated(findings) == []
@@ -859,7 +859,7 @@ def test_findings_point_at_their_compose_lines(tmp_path, with_env):
     proj = pf.load(str(root))
     assert proj.source == ("config" if with_env else "raw")
     findings = pf.run_checks(proj, fake_facts(max_map_count=65530))
-    for (check, subject), loc in expected_locations(root, extends=with_env).items():
+    for (check, subject), loc in expected_locations(root).items():
         assert where(findings, check, subject, root) == loc, (check, subject)
     if not with_env:   # compose's real error: the reference of the variable it stopped on
         assert where(findings, "project.compose_config", "docker compose config", root) == (
@@ -889,6 +889,7 @@ def test_mounts_carry_the_line_of_their_volumes_entry(tmp_path):
     assert got == {
         ("web", "/srv/shared"): compose("./data/shared:/srv/shared"),
         ("web", "/etc/app.conf"): compose("source: ./conf/app.conf"),          # a long entry: its source line
+        ("web", "/base"): ("base.yml", line_of(root, "base.yml", "./data/base:/base")),   # from its extends: base
         ("worker", "/shared"): compose("./data/shared:/shared"),
         ("worker", "/backups"): compose("backups:/backups"),
         ("worker", "/run/worker"): compose("tmpfs: /run/worker"),

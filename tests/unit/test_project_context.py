@@ -418,3 +418,24 @@ def test_memo_keeps_derived_output_with_the_context(tmp_path, counting_docker):
     (d / ".env").write_text("GREETING=new\n")                      # a new context forgets derived values
     assert pc.memo(load(params(d, docker)), "hash", compute, is_hashes) == {"web": "abc"} and len(computed) == 4
     assert pc.memo(load_project(str(d), docker=docker), "hash", compute) and len(computed) == 5   # cache off
+
+
+def test_preflight_keeps_the_compose_version_with_the_context(tmp_path):
+    from types import SimpleNamespace
+
+    from ansible_collections.hyhome.bootstrap.plugins.module_utils import preflight
+
+    log = tmp_path / "calls"
+    cli = tmp_path / "docker"
+    cli.write_text(f"#!/bin/sh\necho call >> {log}\necho 2.26.1\n")
+    cli.chmod(0o755)
+    assert pc.write(str(tmp_path), "k", 0, CONFIG, "")
+    project = SimpleNamespace(working_dir=str(tmp_path), context={"full_key": "k", "mode": "write"})
+    for _ in range(3):
+        facts = preflight.HostFacts()
+        preflight._compose_probe(facts, str(cli), project)
+        assert facts.compose_version == "2.26.1" and not facts.compose_error
+    assert log.read_text().count("call") == 1
+    facts = preflight.HostFacts()                        # no project context: asks every time
+    preflight._compose_probe(facts, str(cli))
+    assert facts.compose_version == "2.26.1" and log.read_text().count("call") == 2
