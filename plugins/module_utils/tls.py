@@ -337,15 +337,16 @@ def key_to_pem(key) -> bytes:
     )
 
 
-def load_key(data: bytes, what: str = "private key"):
+def load_key(data: bytes, what: str = "private key", own_ca: bool = False):
     """Parse a PEM private key (RSA or ECDSA); anything else is a HyHomeError naming ``what``.
 
-    The keys read here are the collection's own (the CA's, the leaf's), from files only their owner
-    can read, so cryptography's RSA consistency check, meant for keys from untrusted sources and
-    costing 160 ms for the RSA-3072 CA key on every run, is skipped.
+    ``own_ca``: the key is the local CA's, which this collection generated and keeps where only its
+    owner can read it; cryptography's RSA consistency check (meant for keys from untrusted sources,
+    160 ms for an RSA-3072 key on every run) is skipped for it. A leaf key may be one a user put
+    in the project, so it is always checked.
     """
     try:
-        key = serialization.load_pem_private_key(data, password=None, unsafe_skip_rsa_key_validation=True)
+        key = serialization.load_pem_private_key(data, password=None, unsafe_skip_rsa_key_validation=own_ca)
     except (ValueError, TypeError) as exc:
         raise HyHomeError(f"cannot read {what}: not an unencrypted PEM private key ({exc})") from None
     except Exception as exc:  # cryptography raises UnsupportedAlgorithm and others

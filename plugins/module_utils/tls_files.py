@@ -136,7 +136,7 @@ def load_ca(ca_dir: str):
     if key_pem is None:
         raise HyHomeError(f"no CA key at {key_file}: the CA in {ca_dir} is incomplete")
     ca_cert = tls.load_cert(cert_pem, f"the CA certificate {cert_file}")
-    ca_key = tls.load_key(key_pem, f"the CA key {key_file}")
+    ca_key = tls.load_key(key_pem, f"the CA key {key_file}", own_ca=True)
     tls.check_ca_pair(ca_cert, ca_key)
     return ca_cert, ca_key, cert_pem
 
@@ -324,7 +324,7 @@ def ensure_ca(req: CARequest, check: bool = False):
                 "creating a new CA (regenerate=always) would break trust on every host that trusts the old one"
             )
         cert = tls.load_cert(cert_pem, f"the CA certificate {req.cert_path}")
-        key = tls.load_key(key_pem, f"the CA key {req.key_path}")
+        key = tls.load_key(key_pem, f"the CA key {req.key_path}", own_ca=True)
         tls.check_ca_pair(cert, key)
         drift = tls.ca_drift(cert, req.profile)
         out.result["drift"] = drift
