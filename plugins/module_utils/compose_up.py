@@ -42,7 +42,6 @@ CONFIG_HASH_LABEL = "com.docker.compose.config-hash"
 ONEOFF_LABEL = "com.docker.compose.oneoff"
 CREATED_BY_LABEL = "org.hyhome.bootstrap.created-by"   # on the external networks we create
 
-STATE_DIR = ".hyhome"
 STATE_FILE = "state.json"
 STATE_KEY = "compose"
 
@@ -365,7 +364,7 @@ def short_digest(value: str | None) -> str | None:
 # --------------------------------------------------------------------------------------------
 
 def state_path(project_dir: str) -> str:
-    return os.path.join(project_dir, STATE_DIR, STATE_FILE)
+    return os.path.join(project_dir, project_context.STATE_DIR, STATE_FILE)
 
 
 def read_state(project_dir: str) -> dict:
@@ -415,13 +414,13 @@ def write_state(project_dir: str, doc: dict) -> None:
     """Atomic 0600 write of the state document, in a 0700 ``.hyhome`` directory."""
     from ansible_collections.hyhome.bootstrap.plugins.module_utils.fileops import atomic_write
 
-    directory = os.path.join(project_dir, STATE_DIR)
     try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
+        project_context.ensure_state_dir(project_dir)
         atomic_write(state_path(project_dir), (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode(),
                      mode=0o600)
-    except OSError as exc:
-        raise HyHomeError(f"cannot write the fingerprint state {state_path(project_dir)}: {exc.strerror or exc} "
+    except (OSError, HyHomeError) as exc:
+        raise HyHomeError(f"cannot write the fingerprint state {state_path(project_dir)}: "
+                          f"{getattr(exc, 'strerror', None) or exc} "
                           "(the containers are up; without the state a later rotation is detected by file "
                           "times only)") from exc
 

@@ -227,19 +227,35 @@ def _valid_entry(doc, key: str) -> dict | None:
     return {"returncode": rc, "stdout": out, "stderr": err, "extra": extra if isinstance(extra, dict) else {}}
 
 
+GITIGNORE = b"# Hy-Home Bootstrap's state for this project (caches, fingerprints): not part of the project.\n*\n"
+
+
+def ensure_state_dir(project_dir: str) -> str:
+    """``<project>/.hyhome``: created 0700 when missing, with a ``.gitignore`` so the state never
+    shows in the project's ``git status``; refused when it is a symlink or another user's."""
+    from ansible_collections.hyhome.bootstrap.plugins.module_utils.fileops import atomic_write
+
+    directory = os.path.join(project_dir, STATE_DIR)
+    if not os.path.lexists(directory):
+        os.mkdir(directory, 0o700)
+    if not _safe_dir(directory):
+        raise HyHomeError(f"{directory} is not a directory of this user (a symlink, a file or another "
+                          "user's); remove it so it can be recreated")
+    if stat.S_IMODE(os.lstat(directory).st_mode) & 0o077:
+        os.chmod(directory, 0o700)
+    ignore = os.path.join(directory, ".gitignore")
+    if not os.path.lexists(ignore):
+        atomic_write(ignore, GITIGNORE, mode=0o644)
+    return directory
+
+
 def write(project_dir: str, key: str, returncode: int, stdout: str, stderr: str, extra: dict | None = None) -> bool:
     """Store the entry atomically (0600 file in a 0700 directory). A cache that cannot be written
     is no error: the next step recomputes. Returns whether it was written."""
     from ansible_collections.hyhome.bootstrap.plugins.module_utils.fileops import atomic_write
 
-    directory = os.path.join(project_dir, STATE_DIR)
     try:
-        if not os.path.lexists(directory):
-            os.mkdir(directory, 0o700)
-        if not _safe_dir(directory):
-            return False
-        if stat.S_IMODE(os.lstat(directory).st_mode) & 0o077:
-            os.chmod(directory, 0o700)
+        ensure_state_dir(project_dir)
         doc = {"version": CACHE_VERSION, "key": key, "returncode": returncode, "stdout": stdout, "stderr": stderr,
                "extra": extra or {}}
         atomic_write(cache_path(project_dir), json.dumps(doc).encode(), mode=0o600)

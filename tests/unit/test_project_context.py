@@ -439,3 +439,24 @@ def test_preflight_keeps_the_compose_version_with_the_context(tmp_path):
     facts = preflight.HostFacts()                        # no project context: asks every time
     preflight._compose_probe(facts, str(cli))
     assert facts.compose_version == "2.26.1" and log.read_text().count("call") == 2
+
+
+def test_state_dir_is_private_and_ignored_by_git(tmp_path):
+    """<project>/.hyhome is created 0700 with a .gitignore, so the project's git status stays clean;
+    a symlink in its place is refused."""
+    import subprocess
+
+    project = tmp_path / "p"
+    project.mkdir()
+    subprocess.run(["git", "init", "-q", str(project)], check=True)
+    d = pc.ensure_state_dir(str(project))
+    assert os.stat(d).st_mode & 0o777 == 0o700
+    (project / ".hyhome" / "project-context.json").write_text("{}")
+    status = subprocess.run(["git", "-C", str(project), "status", "--porcelain"], capture_output=True, text=True,
+                            check=True).stdout
+    assert status == ""
+    other = tmp_path / "q"
+    other.mkdir()
+    (other / ".hyhome").symlink_to(tmp_path)
+    with pytest.raises(HyHomeError, match="not a directory of this user"):
+        pc.ensure_state_dir(str(other))
