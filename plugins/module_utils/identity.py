@@ -630,3 +630,9 @@ def file_access(readers: dict, single_mode: int = 0o400, shared_mode: int = 0o44
     hint = (f"add group_add: ['{gid}'] to {', '.join(needs)} so they can read it through group {gid}, "
             "or set an owner override")
     return FileAccess(0, gid, shared_mode, items, True, hint)
+
+
+def offline_resolver(overrides: dict | None = None, image_users: dict | None = None) -> IdentityResolver:
+    """An identity resolver that never asks an engine (``user:``, overrides and tables only): every
+    image counts as absent."""
+    return IdentityResolver(overrides=overrides, image_users=image_users, images=LocalImages(docker_cli=None))

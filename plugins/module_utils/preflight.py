@@ -35,6 +35,7 @@ from ansible_collections.hyhome.bootstrap.plugins.module_utils.findings import (
     SEVERITIES,
     WARNING,
 )
+from ansible_collections.hyhome.bootstrap.plugins.module_utils.mounts import classify, example_for
 
 BLOCKER = ERROR        # the shared "error": in preflight, what blocks first boot
 
@@ -807,15 +808,6 @@ def _is_cert_path(path: str, project_dir: str) -> bool:
     return _within(path, os.path.join(project_dir, "secrets", "certs")) or path.lower().endswith(CERT_SUFFIXES)
 
 
-def _example_sibling(path: str) -> str | None:
-    """``x.conf.example`` or ``x.example.conf`` next to ``path``, when one exists as a file."""
-    stem, ext = os.path.splitext(path)
-    for cand in (path + ".example", (stem + ".example" + ext) if ext else None):
-        if cand and os.path.isfile(cand):
-            return cand
-    return None
-
-
 def _looks_like_file(host_path: str, target: str) -> bool:
     for p in (host_path, target):
         base = os.path.basename(p.rstrip("/"))
@@ -964,8 +956,6 @@ def _bind_mounts(project: Project) -> dict[str, dict]:
     """host path -> {services, targets, create, volume, nonroot, host, locations} over every bind mount of
     the project. ``host``: every mount of the path is the host's (read-only, outside the project), never
     managed. ``locations``: where each mount of it is written (the ``volumes:`` entries)."""
-    from ansible_collections.hyhome.bootstrap.plugins.module_utils.mounts import classify
-
     binds: dict[str, dict] = {}
     for svc in project.services.values():
         for m in svc.mounts:
@@ -999,7 +989,7 @@ def _check_binds(project: Project, counts: dict[str, int]) -> list[Finding]:
         b = binds[path]
         rel = _rel(path, root)
         users = ", ".join(sorted(b["services"]))
-        is_file = _looks_like_file(path, b["targets"][0]) or _example_sibling(path) is not None
+        is_file = _looks_like_file(path, b["targets"][0]) or example_for(path) is not None
         if b["host"]:
             n_files, n_dirs = (n_files + 1, n_dirs) if is_file else (n_files, n_dirs + 1)
             if _stat_kind(path) == "missing":
@@ -1021,7 +1011,7 @@ def _check_binds(project: Project, counts: dict[str, int]) -> list[Finding]:
                                    f"run the {step} step (hyhome.bootstrap.{step}) to create it", step))
             continue
         kind = _stat_kind(path)
-        example = _example_sibling(path)
+        example = example_for(path)
         if is_file:
             n_files += 1
             if kind == "missing":

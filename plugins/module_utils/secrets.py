@@ -38,7 +38,7 @@ from ansible_collections.hyhome.bootstrap.plugins.module_utils.fileops import (
     remove_stale_temps,
     resolve_owner,
 )
-from ansible_collections.hyhome.bootstrap.plugins.module_utils.identity import IdentityResolver, ImageMissing
+from ansible_collections.hyhome.bootstrap.plugins.module_utils.identity import offline_resolver
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.mounts import PLACEHOLDER_NAMES, classify
 
 # Every random byte comes from the OS CSPRNG through these two (tests assert it; keys come from
@@ -537,22 +537,6 @@ def resolve_access(spec: SecretSpec, readers: list[Reader], default_uid: int, de
     if blocked:
         note += f"; {', '.join(blocked)} must run with group_add: ['{gid}'] to read it"
     return Access(uid, gid, mode, note)
-
-
-class _NoEngine:
-    """Image lookups for a plan given no resolver: every image counts as absent, so identities come
-    from ``user:``, overrides and the built-in table only (pure, no engine)."""
-
-    def config_user(self, image):
-        raise ImageMissing(image)
-
-    def accounts(self, image):
-        raise ImageMissing(image)
-
-
-def offline_resolver(overrides: dict | None = None, image_users: dict | None = None) -> IdentityResolver:
-    """An identity resolver that never asks an engine (``user:``, overrides and tables only)."""
-    return IdentityResolver(overrides=overrides, image_users=image_users, images=_NoEngine())
 
 
 def readers_for(spec: SecretSpec, project, identities, default: tuple[int, int] | None = None) -> list[Reader]:
