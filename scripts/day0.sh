@@ -1,8 +1,20 @@
 #!/usr/bin/env bash
-# The main job from a clean clone: set up what is missing, then run day0.yml.
-# Extra arguments go to ansible-playbook (e.g. --check --diff, --tags secrets,tls, -e hyhome_project_dir=/srv/app).
+# The main job from a clean clone: set up what is missing, then run `hyhome day0` (day0.yml through
+# the hyhome command: live progress, then a summary; `ansible-playbook day0.yml` does the same work).
+# Extra arguments go to hyhome (e.g. --tags secrets,tls, -e hyhome_project_dir=/srv/app, --json);
+# --check (with or without --diff) runs `hyhome check` instead: exit 2 when something would change.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bash "$ROOT/scripts/setup.sh" runtime
 cd "$ROOT"
-exec "$ROOT/.venv/bin/ansible-playbook" day0.yml "$@"
+cmd=day0
+for a in "$@"; do case $a in --check | -C) cmd=check ;; esac; done
+args=()
+for a in "$@"; do
+  case $a in
+    --check | -C) ;;
+    --diff | -D) [ "$cmd" = check ] || args+=("$a") ;;   # check always shows diffs
+    *) args+=("$a") ;;
+  esac
+done
+exec "$ROOT/.venv/bin/hyhome" "$cmd" ${args[@]+"${args[@]}"}

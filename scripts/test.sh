@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Run every test from a clean clone: set up (engine, images, venv, collections), lint, render the
 # module docs, unit tests, every Molecule scenario on the real engine, then day0 end to end.
-#   usage: scripts/test.sh [stage ...]    stages: lint docs unit molecule e2e (default: all)
+#   usage: scripts/test.sh [stage ...]    stages: lint docs sanity unit molecule e2e (default: all)
 #   MOLECULE_SCENARIOS="secrets tls" limits the molecule stage.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
 stages=("$@")
-[ "${#stages[@]}" -gt 0 ] || stages=(lint docs unit molecule e2e)
+[ "${#stages[@]}" -gt 0 ] || stages=(lint docs sanity unit molecule e2e)
 
 t0=$SECONDS
 bash scripts/setup.sh dev
@@ -50,6 +50,10 @@ stage_docs() {
   printf 'ansible-doc -t role hyhome.bootstrap.project: ok\n'
 }
 
+stage_sanity() {
+  bash scripts/sanity.sh   # ansible-test sanity on the collection layout (prints its own duration)
+}
+
 stage_unit() {
   python -m pytest -q
 }
@@ -71,6 +75,9 @@ stage_molecule() {
 stage_e2e() {
   bash tests/e2e/day0.sh
   bash tests/e2e/realistic.sh
+  local start=$SECONDS
+  bash tests/e2e/battery.sh   # crash consistency, concurrency, leaks, engine fault, disk full (issue 13)
+  printf '[test] e2e battery: passed in %ss\n' "$((SECONDS - start))"
 }
 
 for st in "${stages[@]}"; do run_stage "$st"; done

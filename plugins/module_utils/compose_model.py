@@ -24,11 +24,14 @@ Helpers added on top of the agreed API (all optional for callers):
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 from dataclasses import dataclass, field, replace
 
@@ -40,6 +43,12 @@ try:  # libyaml keeps marks (line numbers) and is several times faster
 except AttributeError:  # pragma: no cover - pure-Python fallback
     _Loader = yaml.SafeLoader
 
+# Limits of the one YAML loader (``parse_yaml``), so a small hostile file cannot take minutes or
+# gigabytes. Real compose files are < 10 levels deep and their anchors add a few nodes per service.
+MAX_YAML_BYTES = 64 * 1024 * 1024
+MAX_YAML_DEPTH = 100              # nested collections; libyaml slows down per level, then crashes
+MAX_ALIAS_NODES = 1_000_000       # nodes aliases may add to those written (or 10x those written)
+
 # Compose's own lookup order when no -f is given.
 COMPOSE_FILE_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
 OVERRIDE_FILE_NAMES = ("compose.override.yaml", "compose.override.yml",
@@ -48,6 +57,24 @@ SECRETS_DIR = "/run/secrets/"
 _SECRET_PATH_RE = re.compile(r"/run/secrets/([A-Za-z0-9][A-Za-z0-9._-]*)")
 _VAR_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 CONFIG_TIMEOUT = 120
+
+# A resource name (a compose secret, a registry entry) that becomes a file name on the host and on
+# the controller: one path component in Compose's own charset, bounded, never ``.``/``..``.
+RESOURCE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+RESOURCE_NAME_MAX = 200
+
+
+def check_resource_name(kind: str, name, where: str = "") -> str:
+    """``name`` if it is a safe resource name, else HyHomeError naming the ``kind`` and ``where``
+    it was found (a file, an option). Letters, digits, ``.``, ``_`` and ``-``, starting with a letter
+    or digit, at most RESOURCE_NAME_MAX characters, no ``..``: never a path, never hidden."""
+    text = name if isinstance(name, str) else ""
+    if not RESOURCE_NAME_RE.fullmatch(text) or ".." in text or len(text) > RESOURCE_NAME_MAX:
+        shown = repr(name) if len(repr(name)) <= 80 else repr(name)[:77] + "..."
+        raise HyHomeError(f"{kind} name {shown}{f' ({where})' if where else ''} is not allowed: it is used as a "
+                          f"file name, so it must be 1-{RESOURCE_NAME_MAX} letters, digits, '.', '_' or '-', start "
+                          f"with a letter or digit, and contain no '/' and no '..'; rename the {kind}")
+    return text
 
 
 @dataclass(frozen=True)
@@ -561,6 +588,282 @@ def _service_from_dict(name: str, svc: dict, volumes: dict, base_dir: str) -> Se
 
 
 # --------------------------------------------------------------------------------------------
+# The one YAML loader: every project YAML file (compose files, registries) is read through it
+# --------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def quiet_gc():
+    """No cyclic garbage collection inside: for building the model and checking it, which allocate
+    millions of small objects in no reference cycle (a recursive alias is refused). Each automatic
+    full collection walks the whole heap (the YAML nodes included): on a 10,000-service project
+    they were 60-75% of the time. Cycles made inside are collected after it, as usual."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+class UnusableFile(HyHomeError):
+    """A project file that cannot be used at all: missing, a directory, not UTF-8 text, NUL bytes,
+    too large or too deep, an alias bomb, an empty compose file, a top level that is not a mapping.
+
+    Bad input, not a finding: scripts exit 2, modules fail with this one-line message (it starts
+    with the file's path). YAML syntax errors are not this: they are findings with a line number.
+    ``path`` and ``reason`` are the two parts of the message.
+    """
+
+    def __init__(self, path: str, reason: str):
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+def read_text(path: str, what: str = "file") -> str:
+    """The content of a project file as text; UnusableFile (naming the file) when it is not a
+    regular UTF-8 text file of at most MAX_YAML_BYTES. Never blocks on a FIFO."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        reason = "is a directory, not a file" if isinstance(e, IsADirectoryError) else \
+            f"cannot be read: {e.strerror}"
+        raise UnusableFile(path, f"{what} {reason}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise UnusableFile(path, f"{what} is a directory, not a file")
+        if not stat.S_ISREG(mode):
+            raise UnusableFile(path, f"{what} is not a regular file")
+        chunks, size = [], 0
+        while size <= MAX_YAML_BYTES:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        data = b"".join(chunks)
+    except OSError as e:
+        raise UnusableFile(path, f"{what} cannot be read: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_YAML_BYTES:
+        raise UnusableFile(path, f"{what} is larger than {MAX_YAML_BYTES // (1024 * 1024)} MiB")
+    nul = data.find(b"\0")
+    if nul >= 0:
+        raise UnusableFile(path, f"{what} contains a NUL byte (offset {nul}): a binary file, not YAML text")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise UnusableFile(path, f"{what} is not UTF-8 text (byte 0x{data[e.start]:02x} on line {line}); "
+                           "save it as UTF-8") from None
+
+
+def _compose_node(text: str, path: str):
+    """``yaml.compose`` with limits: (root node or None, nodes written, nodes with aliases expanded).
+
+    Composes from libyaml's events without recursion, so depth is checked before libyaml (whose
+    cost grows with depth, and which crashes the process past ~50,000 levels) goes deep, and counts
+    the size of every anchored node once, so an alias bomb is detected in linear time.
+    """
+    loader = _Loader(text)
+    get, resolve = loader.get_event, loader.resolve
+    scalar_event, alias_event = yaml.ScalarEvent, yaml.AliasEvent
+    seq_start, map_start = yaml.SequenceStartEvent, yaml.MappingStartEvent
+    seq_end, map_end = yaml.SequenceEndEvent, yaml.MappingEndEvent
+    try:
+        get()                                           # StreamStart
+        first = get()
+        if isinstance(first, yaml.StreamEndEvent):
+            return None, 0, 0
+        anchors: dict[str, yaml.Node] = {}
+        sizes: dict[int, int] = {}                      # id(anchored node) -> expanded size
+        stack: list[list] = []                          # [node, expanded size, pending key node, anchor]
+        root, written, expanded = None, 0, 0
+        while True:
+            ev = get()
+            cls = ev.__class__
+            if cls is scalar_event:
+                tag = ev.tag
+                if tag is None or tag == "!":
+                    tag = resolve(yaml.ScalarNode, ev.value, ev.implicit)
+                mark = _Mark(ev.start_mark)
+                node = yaml.ScalarNode(tag, ev.value, mark, mark, style=ev.style)
+                size = 1
+                written += 1
+                if ev.anchor is not None:
+                    _anchor(anchors, ev, node)
+                    sizes[id(node)] = 1
+            elif cls is alias_event:
+                node = anchors.get(ev.anchor)
+                if node is None:
+                    raise yaml.composer.ComposerError(None, None, f"found undefined alias {ev.anchor!r}",
+                                                      ev.start_mark)
+                size = sizes.get(id(node))
+                if size is None:
+                    raise UnusableFile(path, f"line {ev.start_mark.line + 1}: alias *{ev.anchor} is inside "
+                                       f"its own anchor &{ev.anchor} (a recursive structure)")
+            elif cls is seq_start or cls is map_start:
+                kind = yaml.SequenceNode if cls is seq_start else yaml.MappingNode
+                tag = ev.tag
+                if tag is None or tag == "!":
+                    tag = resolve(kind, None, ev.implicit)
+                mark = _Mark(ev.start_mark)
+                node = kind(tag, [], mark, mark, flow_style=ev.flow_style)
+                written += 1
+                if ev.anchor is not None:
+                    _anchor(anchors, ev, node)
+                if len(stack) >= MAX_YAML_DEPTH:
+                    raise UnusableFile(path, f"line {ev.start_mark.line + 1}: YAML nested deeper than "
+                                       f"{MAX_YAML_DEPTH} levels")
+                stack.append([node, 1, None, ev.anchor])
+                continue
+            elif cls is seq_end or cls is map_end:
+                node, size, _, anchor = stack.pop()
+                if anchor is not None:
+                    sizes[id(node)] = size
+            else:                                       # DocumentEnd
+                break
+            if not stack:
+                root, expanded = node, size
+                continue
+            top = stack[-1]
+            top[1] += size
+            parent = top[0]
+            if parent.__class__ is yaml.SequenceNode:
+                parent.value.append(node)
+            elif top[2] is None:
+                top[2] = node
+            else:
+                parent.value.append((top[2], node))
+                top[2] = None
+        ev = get()
+        if not isinstance(ev, yaml.StreamEndEvent):
+            raise yaml.composer.ComposerError("expected a single document in the stream", first.start_mark,
+                                              "but found another document", ev.start_mark)
+        return root, written, expanded
+    finally:
+        loader.dispose()
+
+
+class _Mark:
+    """Where a node starts: the line (0-based, as yaml.Mark) is all the walks read. A yaml.Mark per
+    node start and end was a third of the memory of a large project."""
+
+    __slots__ = ("column", "line")
+    name = "<compose file>"
+
+    def __init__(self, mark):
+        self.line = mark.line
+        self.column = mark.column
+
+    def __str__(self):
+        return f'  in "{self.name}", line {self.line + 1}, column {self.column + 1}'
+
+
+def _anchor(anchors: dict, ev, node) -> None:
+    if ev.anchor in anchors:
+        raise yaml.composer.ComposerError(
+            f"found duplicate anchor {ev.anchor!r}; first occurrence", anchors[ev.anchor].start_mark,
+            "second occurrence", ev.start_mark)
+    anchors[ev.anchor] = node
+
+
+class _Constructor(yaml.constructor.SafeConstructor):
+    """SafeConstructor that applies merge keys (``<<``) without rewriting the nodes: the raw walks
+    read the nodes as written (merge keys included) after the data is built."""
+
+    def __init__(self):
+        super().__init__()
+        self._flat: dict[int, list] = {}
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            node = yaml.MappingNode(node.tag, self._pairs(node), node.start_mark, node.end_mark)
+        return yaml.constructor.BaseConstructor.construct_mapping(self, node, deep=deep)
+
+    def _pairs(self, node) -> list:
+        """The (key, value) node pairs of a mapping, merged ones first (as SafeConstructor does)."""
+        known = self._flat.get(id(node))
+        if known is not None:
+            return known
+        merge: list = []
+        own: list = []
+        for key, value in node.value:
+            if key.tag == "tag:yaml.org,2002:merge":
+                if isinstance(value, yaml.MappingNode):
+                    merge.extend(self._pairs(value))
+                elif isinstance(value, yaml.SequenceNode):
+                    for sub in reversed(value.value):
+                        if not isinstance(sub, yaml.MappingNode):
+                            raise yaml.constructor.ConstructorError(
+                                "while constructing a mapping", node.start_mark,
+                                f"expected a mapping for merging, but found {sub.id}", sub.start_mark)
+                        merge.extend(self._pairs(sub))
+                else:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark,
+                        f"expected a mapping or list of mappings for merging, but found {value.id}",
+                        value.start_mark)
+            elif key.tag == "tag:yaml.org,2002:value":
+                own.append((yaml.ScalarNode("tag:yaml.org,2002:str", key.value, key.start_mark, key.end_mark),
+                            value))
+            else:
+                own.append((key, value))
+        pairs = merge + own if merge else own
+        self._flat[id(node)] = pairs
+        return pairs
+
+
+def parse_yaml(text: str, path: str):
+    """``(root node, data)`` of one YAML document, with the loader's limits (depth, alias
+    expansion). Raises yaml.YAMLError for a syntax error (the caller reports it with its line) and
+    UnusableFile, naming ``path``, for a file no limit allows. An empty document: ``(None, None)``.
+    """
+    with quiet_gc():
+        node, written, expanded = _compose_node(text, path)
+        if node is None:
+            return None, None
+        limit = written + max(MAX_ALIAS_NODES, 10 * written)
+        if expanded > limit:
+            raise UnusableFile(path, f"YAML aliases expand to more than {limit:,} nodes (alias bomb?)")
+        return node, _Constructor().construct_document(node)
+
+
+def _yaml_problem(e: yaml.YAMLError) -> tuple[str, int | None]:
+    """(one-line message, 1-based line) of a YAML error."""
+    problem_mark = getattr(e, "problem_mark", None)
+    context_mark = getattr(e, "context_mark", None)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    context = getattr(e, "context", None)
+    # An unclosed bracket or quote is detected where the file ends; the line it was opened on
+    # is the one to fix.
+    opened = bool(context and context_mark is not None
+                  and context.startswith(("while parsing a flow", "while scanning a quoted")))
+    mark = context_mark if opened else (problem_mark or context_mark)
+    line = mark.line + 1 if mark is not None else None
+    if opened:
+        msg = f"{problem} ({context} opened on line {line})"
+    else:
+        msg = f"{problem} ({context})" if context else str(problem)
+    return msg, line
+
+
+def load_yaml_file(path: str, what: str = "YAML file"):
+    """The data of a project YAML file (None when empty), through the one loader; every problem,
+    YAML syntax included, is an UnusableFile whose one-line message names the file."""
+    text = read_text(path, what)
+    try:
+        return parse_yaml(text, path)[1]
+    except yaml.YAMLError as e:
+        msg, line = _yaml_problem(e)
+        raise UnusableFile(path, f"{what} is not valid YAML" + (f" (line {line})" if line else "")
+                           + f": {msg}") from None
+
+
+# --------------------------------------------------------------------------------------------
 # Raw files: YAML node walk for line numbers, env references, extensions, registry entries
 # --------------------------------------------------------------------------------------------
 
@@ -696,38 +999,24 @@ def _mapping_get(node: yaml.Node | None, key: str) -> tuple[yaml.Node, yaml.Node
 
 
 def _load_one(path: str, base_dir: str, raw: RawProject) -> RawFile:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as e:
-        raw.errors.append(FileError(Location(path, None), f"cannot read {path}: {e.strerror}"))
-        return RawFile(path, None, None, base_dir)
+    """One compose file through the one loader. A YAML syntax error is recorded in ``raw.errors``
+    (a finding, with its line); a file that cannot be used at all raises UnusableFile."""
+    text = read_text(path, "compose file")
     digest = hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
     try:
-        node = yaml.compose(text, Loader=_Loader)
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a safe loader (CSafeLoader/SafeLoader)
+        node, data = parse_yaml(text, path)
     except yaml.YAMLError as e:
-        problem_mark = getattr(e, "problem_mark", None)
-        context_mark = getattr(e, "context_mark", None)
-        problem = getattr(e, "problem", None) or str(e)
-        context = getattr(e, "context", None)
-        # An unclosed bracket or quote is detected where the file ends; the line it was opened on
-        # is the one to fix.
-        opened = bool(context and context_mark is not None
-                      and context.startswith(("while parsing a flow", "while scanning a quoted")))
-        mark = context_mark if opened else (problem_mark or context_mark)
-        line = mark.line + 1 if mark is not None else None
-        if opened:
-            msg = f"{problem} ({context} opened on line {line})"
-        else:
-            msg = f"{problem} ({context})" if context else str(problem)
+        if isinstance(e, yaml.reader.ReaderError):   # a control character: binary, not YAML text
+            raise UnusableFile(path, f"compose file is not YAML text: {str(e).splitlines()[0]}") from None
+        msg, line = _yaml_problem(e)
         raw.errors.append(FileError(Location(path, line), f"YAML syntax error: {msg}"))
         return RawFile(path, None, None, base_dir, digest=digest)
-    if data is None:
-        data = {}
+    if node is None or data is None:
+        raise UnusableFile(path, "empty compose file (no YAML document: write at least a services: key)")
     if not isinstance(data, dict):
-        raw.errors.append(FileError(Location(path, 1), "top level is not a mapping"))
-        return RawFile(path, None, node, base_dir, digest=digest)
+        kind = "a list" if isinstance(data, list) else f"a {type(data).__name__}"
+        raise UnusableFile(path, f"the top level of the compose file is {kind}, not a mapping "
+                           "(it starts with keys such as services:)")
     return RawFile(path, data, node, base_dir, digest=digest)
 
 
@@ -752,6 +1041,8 @@ def find_compose_file(project_dir: str) -> str:
         candidate = os.path.join(project_dir, name)
         if os.path.isfile(candidate):
             return candidate
+        if os.path.lexists(candidate):   # a directory, a dangling symlink, a FIFO: say so, not "none found"
+            read_text(candidate, "compose file")
     raise HyHomeError(
         f"{project_dir} is not a compose project: none of {', '.join(COMPOSE_FILE_NAMES)} found there"
     )
@@ -761,14 +1052,18 @@ def _root_files(project_dir: str, files) -> list[str]:
     if files:
         paths = [_abspath(str(f), project_dir) for f in files]
         for p in paths:
-            if not os.path.isfile(p):
+            if not os.path.lexists(p):
                 raise HyHomeError(f"compose file {p} not found")
+            if not os.path.isfile(p):
+                read_text(p, "compose file")   # says what it is instead
         return paths
     root = find_compose_file(project_dir)
     for name in OVERRIDE_FILE_NAMES:
         candidate = os.path.join(project_dir, name)
         if os.path.isfile(candidate):
             return [root, candidate]
+        if os.path.lexists(candidate):
+            read_text(candidate, "compose override file")
     return [root]
 
 
@@ -786,8 +1081,9 @@ def _check_project_dir(project_dir) -> str:
 def load_raw(project_dir, files=None, env_file=None) -> RawProject:
     """Read the compose files as written: the root file(s) and, recursively, their ``include:``s.
 
-    Never raises for a broken file: YAML errors and missing includes land in ``errors``.
-    Raises HyHomeError when ``project_dir`` is not a compose project.
+    YAML syntax errors and missing includes land in ``errors`` (findings). Raises HyHomeError when
+    ``project_dir`` is not a compose project, and its UnusableFile when a file cannot be used at all
+    (not UTF-8 text, NUL bytes, empty, not a mapping, an alias bomb, ...: see ``read_text``).
     """
     project_dir = _check_project_dir(project_dir)
     roots = _root_files(project_dir, files)
@@ -853,35 +1149,76 @@ def _scalar_line(node: yaml.ScalarNode, offset: int) -> int:
     return line
 
 
-def _walk_env_refs(node, path: str, file: str, service: str | None, out: list[EnvRef],
-                   seen_nodes: set[int]) -> None:
+def _node_refs(node, memo: dict[int, list]) -> list[tuple]:
+    """Interpolations in the scalars under ``node``: ``(path below node, name, operator, line,
+    written)``, in document order. Each node is walked once (``memo``, by identity: an alias is
+    the anchored node itself); its refs are re-used, with the path prefixed, wherever it appears."""
+    known = memo.get(id(node))
+    if known is not None:
+        return known
+    out: list[tuple] = []
     if isinstance(node, yaml.ScalarNode):
-        if "$" not in node.value or node.tag != "tag:yaml.org,2002:str":
-            return
-        for name, op, off, written in scan_interpolations(node.value):
-            out.append(EnvRef(name, op in (":-", "-"), op in (":?", "?"),
-                              Location(file, _scalar_line(node, off)), path, service, written))
-        return
-    key = (id(node), path)
-    if key in seen_nodes:
-        return
-    seen_nodes.add(key)
-    if isinstance(node, yaml.SequenceNode):
+        if "$" in node.value and node.tag == "tag:yaml.org,2002:str":
+            out = [("", name, op, _scalar_line(node, off), written)
+                   for name, op, off, written in scan_interpolations(node.value)]
+    elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _walk_env_refs(item, f"{path}[{i}]", file, service, out, seen_nodes)
+            prefix = f"[{i}]"
+            out.extend((prefix + rel, *rest) for rel, *rest in _node_refs(item, memo))
     elif isinstance(node, yaml.MappingNode):
+        merged: set[int] = set()
         for k, v in node.value:
             kname = k.value if isinstance(k, yaml.ScalarNode) else "?"
-            if kname == "<<":  # merge key: attribute the merged keys to this mapping's path
-                for merged in (v.value if isinstance(v, yaml.SequenceNode) else [v]):
-                    _walk_env_refs(merged, path, file, service, out, seen_nodes)
+            if kname == "<<":  # merge key: the merged keys belong to this mapping's path
+                for m in (v.value if isinstance(v, yaml.SequenceNode) else [v]):
+                    if id(m) not in merged:
+                        merged.add(id(m))
+                        out.extend(_node_refs(m, memo))
                 continue
-            child_service = service
-            if service is None and path.startswith("services.") and path.count(".") == 1:
-                child_service = path.split(".", 1)[1]
-            if path == "services":
-                child_service = kname
-            _walk_env_refs(v, f"{path}.{kname}" if path else kname, file, child_service, out, seen_nodes)
+            prefix = "." + kname
+            out.extend((prefix + rel, *rest) for rel, *rest in _node_refs(v, memo))
+    memo[id(node)] = out
+    return out
+
+
+def _merged_items(node, seen=None):
+    """(key name, value node) of a mapping node in document order, ``<<`` merges followed in place."""
+    if not isinstance(node, yaml.MappingNode):
+        return
+    seen = set() if seen is None else seen
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+    for k, v in node.value:
+        kname = k.value if isinstance(k, yaml.ScalarNode) else "?"
+        if kname == "<<":
+            for m in (v.value if isinstance(v, yaml.SequenceNode) else [v]):
+                yield from _merged_items(m, seen)
+        else:
+            yield kname, v
+
+
+def _file_env_refs(root, file: str) -> list[EnvRef]:
+    """Every interpolation of one file, with its dotted path and the service whose key holds it."""
+    memo: dict[int, list] = {}
+    out: list[EnvRef] = []
+
+    def emit(node, path: str, service: str | None) -> None:
+        for rel, name, op, line, written in _node_refs(node, memo):
+            full = path + rel if path else rel.lstrip(".")
+            out.append(EnvRef(name, op in (":-", "-"), op in (":?", "?"), Location(file, line), full, service,
+                              written))
+
+    if not isinstance(root, yaml.MappingNode):
+        emit(root, "", None)
+        return out
+    for key, value in _merged_items(root):
+        if key == "services" and isinstance(value, yaml.MappingNode):
+            for name, svc in _merged_items(value):
+                emit(svc, f"services.{name}", name)
+        else:
+            emit(value, key, None)
+    return out
 
 
 def raw_env_refs(raw: RawProject) -> list[EnvRef]:
@@ -891,7 +1228,7 @@ def raw_env_refs(raw: RawProject) -> list[EnvRef]:
     refs: list[EnvRef] = []
     for rf in raw.files:
         if rf.node is not None:
-            _walk_env_refs(rf.node, "", rf.path, None, refs, set())
+            refs.extend(_file_env_refs(rf.node, rf.path))
     raw.env_refs_cache = refs
     return list(refs)
 
@@ -1023,16 +1360,18 @@ def _attach_raw(project: Project, raw: RawProject) -> None:
     locs = project.declarations["services"]
     ext = _raw_service_extensions(raw)
     mount_locs = _mount_locations(raw)
+    trap_refs: dict[str, list[EnvRef]] = {}
+    for r in refs:
+        if r.service is not None and r.path:
+            trap_refs.setdefault(r.service, []).append(r)
     for name, svc in project.services.items():
         svc.location = locs.get(name, svc.location)
         svc.mounts = [replace(m, location=mount_locs.get((name, os.path.normpath(m.target)), m.location))
                       if m.target else m for m in svc.mounts]
         for k, v in ext.get(name, {}).items():
             svc.extensions.setdefault(k, v)
-        svc.raw_interpolations = [
-            r for r in refs
-            if r.service == name and r.path and r.path.startswith(tuple(f"services.{name}.{k}" for k in _TRAP_KEYS))
-        ]
+        traps = tuple(f"services.{name}.{k}" for k in _TRAP_KEYS)
+        svc.raw_interpolations = [r for r in trap_refs.get(name, ()) if r.path.startswith(traps)]
     registry = _raw_registry(raw)
     for name, secret in registry.items():
         if name in project.secrets:
@@ -1047,6 +1386,7 @@ def _attach_raw(project: Project, raw: RawProject) -> None:
 # Canonical config -> model
 # --------------------------------------------------------------------------------------------
 
+@quiet_gc()
 def project_from_config(config: dict, project_dir, raw: RawProject | None = None) -> Project:
     """Build the model from ``docker compose config --format json`` output (pure).
 
@@ -1086,6 +1426,7 @@ def _default_project_name(project_dir: str) -> str:
     return name.lstrip("_-") or "default"
 
 
+@quiet_gc()
 def project_from_raw(raw: RawProject, project_dir=None, config_error: str | None = None,
                      profiles=None) -> Project:
     """Best-effort model from the raw files only (used when ``docker compose config`` fails).
@@ -1213,6 +1554,7 @@ def split_compose_stderr(stderr: str | None) -> tuple[list[str], list[str]]:
     """
     errors: list[str] = []
     warnings: list[str] = []
+    seen: set[tuple[int, str]] = set()
     for line in str(stderr or "").splitlines():
         line = line.strip()
         if not line:
@@ -1224,7 +1566,8 @@ def split_compose_stderr(stderr: str | None) -> tuple[list[str], list[str]]:
             level = m.group(1).lower()
             target = errors if level in _ERROR_LEVELS else warnings if level in _WARNING_LEVELS else None
             msg = _LOG_ESCAPE_RE.sub(lambda e: {"n": " ", "t": " "}.get(e.group(1), e.group(1)), m.group(2)).strip()
-        if target is not None and msg and msg not in target:
+        if target is not None and msg and (id(target), msg) not in seen:
+            seen.add((id(target), msg))
             target.append(msg)
     return errors, warnings
 
@@ -1271,13 +1614,15 @@ def _compose_config(cmd, project_dir, env, docker, raw, cache) -> tuple[subproce
         if entry is not None:
             return (subprocess.CompletedProcess(cmd, entry["returncode"], entry["stdout"], entry["stderr"]),
                     {"cache": "hit", "key": key[:12], "full_key": key, "mode": cache})
-    try:
-        proc = subprocess.run(cmd, cwd=project_dir, capture_output=True, text=True,
-                              timeout=CONFIG_TIMEOUT, env=env, check=False)
+    from ansible_collections.hyhome.bootstrap.plugins.module_utils import procs
+
+    try:   # its own process group: on timeout the compose plugin is stopped too, not only the CLI
+        proc = procs.run(cmd, cwd=project_dir, timeout=CONFIG_TIMEOUT, env=env)
     except FileNotFoundError as e:
         raise HyHomeError(f"docker binary '{docker}' could not be run: {e.strerror}") from None
-    except subprocess.TimeoutExpired:
-        raise HyHomeError(f"`docker compose config` did not answer within {CONFIG_TIMEOUT}s") from None
+    except procs.CommandTimeout:
+        raise HyHomeError(f"`docker compose config` did not answer within {CONFIG_TIMEOUT}s "
+                          "(it and its child processes were stopped)") from None
     if key and cache == "write" and not (proc.returncode != 0 and _compose_missing(proc.stderr or "")):
         project_context.write(project_dir, key, proc.returncode, proc.stdout or "", proc.stderr or "")
     if not key:
@@ -1302,6 +1647,41 @@ def _project_from_proc(proc: subprocess.CompletedProcess, raw: RawProject, proje
     project = project_from_config(config, project_dir, raw)
     project.config_warnings = split_compose_stderr(stderr)[1]
     return project
+
+
+# Exit codes of the command-line checks (validate-docker-compose.sh, preflight-compose.sh).
+EXIT_OK, EXIT_FINDINGS, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
+EXIT_CODES_HELP = ("exit codes: 0 no error, 1 findings (errors or blockers), 2 bad input (no such project, an "
+                   "unusable file: not UTF-8 text, binary, empty, not a mapping, an alias bomb...; a bad option), "
+                   "3 internal error")
+
+
+def guarded_cli(prog: str, main, argv=None) -> int:
+    """``main(argv)`` of a command-line check, so that it never ends in a traceback: HyHomeError
+    (bad input) and OSError print one line naming the problem and exit 2; anything else is an
+    internal error, one line and exit 3 (the traceback with HYHOME_DEBUG=1). Never 1, the code for
+    findings, so a crash cannot pass for a verdict."""
+    import sys
+
+    try:
+        return main(argv)
+    except HyHomeError as e:
+        print(f"{prog}: {e.msg}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"{prog}: {where}{e.strerror or e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except RecursionError:
+        print(f"{prog}: internal error: the project is nested too deeply to check", file=sys.stderr)
+        return EXIT_INTERNAL
+    except Exception as e:  # the last line of defence of a CLI
+        if os.environ.get("HYHOME_DEBUG"):
+            raise
+        text = (str(e).splitlines() or [""])[0][:300]
+        print(f"{prog}: internal error: {type(e).__name__}: {text} (HYHOME_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 def _compose_missing(stderr: str) -> bool:

@@ -33,7 +33,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 
-from ansible_collections.hyhome.bootstrap.plugins.module_utils import project_context
+from ansible_collections.hyhome.bootstrap.plugins.module_utils import procs, project_context
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyHomeError
 
 PROJECT_LABEL = "com.docker.compose.project"
@@ -50,7 +50,11 @@ STATE_KEY = "compose"
 MAX_DIR_FILES = 2000
 MAX_CONTENT_BYTES = 64 * 1024 * 1024
 
-RESTARTING_POLICIES = ("always", "unless-stopped", "on-failure")
+# Upper bounds for one `docker compose` command (seconds). Readiness is waited for by our poller
+# (wait_timeout), not by compose, so these only catch a hung CLI; on expiry the whole process
+# group (the CLI and its compose plugin) is stopped.
+COMMAND_TIMEOUTS = {"build": 3600.0, "pull": 3600.0, "config": 120.0}
+ACTION_TIMEOUT = 1800.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -444,8 +448,6 @@ class Plan:
     state: str
     services: dict[str, ServicePlan] = field(default_factory=dict)
     orphans: list[str] = field(default_factory=list)      # container names
-    images_to_build: list[str] = field(default_factory=list)
-    images_to_pull: list[str] = field(default_factory=list)
 
     def with_action(self, *actions) -> list[str]:
         return [n for n, p in self.services.items() if p.action in actions]
@@ -851,6 +853,14 @@ def _enrich(engine, project, services, exc: HyHomeError) -> HyHomeError:
     return HyHomeError(exc.msg + "\n" + "\n".join(parts), **exc.details)
 
 
+def recreate_ignored(project, names) -> list[str]:
+    """Names asked to be recreated that are not services of the active project (sorted).
+
+    Reported, not fatal: the list often comes from another step (the secrets role's consumers of a
+    rotated secret), and may name a service of another profile or one removed since."""
+    return sorted(set(names) - set(project.services))
+
+
 def apply(engine, project, opts: Options) -> dict:
     """Bring ``project`` to ``opts.state`` through ``engine``; returns the module result.
 
@@ -860,9 +870,7 @@ def apply(engine, project, opts: Options) -> dict:
         raise HyHomeError(f"unknown state {opts.state!r}")
     all_services = set(project.services)
     selected = set(opts.services) if opts.services else set(all_services)
-    # Names outside the active project (another profile, a removed service) are reported, not fatal:
-    # the list often comes from another step (the secrets role's consumers of a rotated secret).
-    recreate_ignored = sorted(set(opts.recreate) - all_services)
+    ignored = recreate_ignored(project, opts.recreate)
     targets = dependency_closure(project, selected) if opts.state in ("present", "restarted") else (
         dependency_closure(project, selected) & selected)
     state_doc = read_state(project.working_dir)
@@ -870,7 +878,7 @@ def apply(engine, project, opts: Options) -> dict:
     salt = state_salt(state_doc, project.name)
     before = engine.containers()
     result: dict = {"changed": False, "state": opts.state, "project": project.name, "commands": [],
-                    "orphans": [], "images_built": [], "images_pulled": [], "recreate_ignored": recreate_ignored,
+                    "orphans": [], "images_built": [], "images_pulled": [], "recreate_ignored": ignored,
                     "networks_created": []}
     fingerprints: dict[str, Fingerprint] = {}
     to_create: list[str] = []
@@ -1141,15 +1149,14 @@ class Engine:
     def run(self, args: list[str], record: bool = True, timeout: float | None = None) -> subprocess.CompletedProcess:
         self._image_ids.clear()
         argv = self.base + args
+        if timeout is None:
+            timeout = COMMAND_TIMEOUTS.get(args[0], ACTION_TIMEOUT)
         if record:
             self.commands.append(argv)
         try:
-            proc = subprocess.run(argv, capture_output=True, text=True, env=self.env, cwd=self.project_dir,
-                                  timeout=timeout, check=False)
+            proc = procs.run(argv, env=self.env, cwd=self.project_dir, timeout=timeout)
         except FileNotFoundError as exc:
             raise HyHomeError(f"{argv[0]} not found: install Docker Engine with the Compose v2 plugin") from exc
-        except subprocess.TimeoutExpired as exc:
-            raise HyHomeError(f"'{' '.join(argv)}' did not finish within {timeout:g}s") from exc
         if proc.returncode != 0:
             tail = "\n".join((proc.stderr or proc.stdout or "").strip().splitlines()[-15:])
             raise HyHomeError(f"'{' '.join(argv[1:])}' failed (exit {proc.returncode}):\n{tail}",

@@ -34,12 +34,17 @@ from concurrent.futures import ThreadPoolExecutor
 import yaml
 from ansible_collections.hyhome.bootstrap.plugins.module_utils import compose_up, mounts
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_model import (
+    EXIT_CODES_HELP,
+    EXIT_FINDINGS,
+    EXIT_OK,
     SECRETS_DIR,
     Project,
     RawProject,
     Service,
+    guarded_cli,
     load_project,
     load_raw,
+    quiet_gc,
     read_dotenv,
     scan_interpolations,
     split_compose_stderr,
@@ -208,12 +213,19 @@ def _svc_loc(project: Project, svc: Service) -> tuple[str | None, int | None]:
     return _root_file(project), None
 
 
-def _variable_loc(project: Project, name: str) -> tuple[str | None, int | None]:
-    """Where variable ``name`` is first referenced, else the root file."""
+def _first_refs(project: Project) -> dict[str, tuple[str, int | None]]:
+    """Variable name -> where it is first referenced (one pass over the references)."""
+    first: dict[str, tuple[str, int | None]] = {}
     for ref in project.env_refs:
-        if ref.name == name and ref.location:
-            return ref.location.file, ref.location.line
-    return _root_file(project), None
+        if ref.location and ref.name not in first:
+            first[ref.name] = (ref.location.file, ref.location.line)
+    return first
+
+
+def _variable_loc(project: Project, name: str, first: dict | None = None) -> tuple[str | None, int | None]:
+    """Where variable ``name`` is first referenced, else the root file. ``first``: ``_first_refs``,
+    when the caller asks for many names."""
+    return (first if first is not None else _first_refs(project)).get(name) or (_root_file(project), None)
 
 
 def _declaration_loc(raw: RawProject | None, section: str, key: str) -> tuple[str | None, int | None]:
@@ -249,11 +261,11 @@ def _config_error_loc(project: Project, raw: RawProject | None, text: str) -> tu
 _UNSET_RE = re.compile(r'^The "(\w+)" variable is not set')
 
 
-def _warning_finding(project: Project, warning: str) -> Finding:
+def _warning_finding(project: Project, warning: str, first: dict | None = None) -> Finding:
     m = _UNSET_RE.match(warning)
     subject = m.group(1) if m else None
     if m:
-        file, line = _variable_loc(project, m.group(1))
+        file, line = _variable_loc(project, m.group(1), first)
         hint = f"set {m.group(1)} in .env, or give it a default with ${{{m.group(1)}:-default}}"
     else:
         file, line = _root_file(project), None
@@ -282,7 +294,8 @@ def _check_files(project: Project, raw: RawProject | None = None) -> list[Findin
         out.append(Finding(ERROR, "compose-config", msg, file=file, line=line,
                            hint="fix the files (the other findings, from the raw files, show where), then run "
                                 "`docker compose config` again"))
-    out.extend(_warning_finding(project, w) for w in dict.fromkeys(warnings))
+    first = _first_refs(project) if warnings else {}
+    out.extend(_warning_finding(project, w, first) for w in dict.fromkeys(warnings))
     return out
 
 
@@ -627,18 +640,19 @@ def _check_secret_aliases(project: Project, registry: dict) -> list[Finding]:
                                    subject=other, file=loc.file if loc else _root_file(project),
                                    line=loc.line if loc else None,
                                    hint=f"keep one name ({keep}) and point every service at it"))
+    order = {name: i for i, name in enumerate(registry)}
     for name, secret in sorted(registry.items()):
-        shared = None
-        for other in sorted(registry, key=len, reverse=True):
-            if other == name:
-                continue
-            if name.endswith(("_" + other, "-" + other)) or (
-                secret.file and _stem(secret.file) == other and registry[other].file != secret.file
-            ):
-                shared = other
-                break
-        if not shared:
+        # the longest other name that this one ends with (after _ or -), or its file's stem names;
+        # looked up, not searched: linear in the registry
+        candidates = {name[i + 1:] for i, c in enumerate(name) if c in "_-"}
+        if secret.file:
+            stem = _stem(secret.file)
+            if stem in registry and registry[stem].file != secret.file:
+                candidates.add(stem)
+        candidates = [c for c in candidates if c != name and c in registry]
+        if not candidates:
             continue
+        shared = min(candidates, key=lambda c: (-len(c), order[c]))
         loc = secret.location
         msg = (f"secret {name} is a second name for the shared secret {shared}"
                + (f" (file {os.path.basename(secret.file)})" if secret.file else ""))
@@ -928,6 +942,7 @@ def _trap_names(findings: list[Finding]) -> set[str]:
     return {f.subject for f in findings if f.rule == "interpolation-trap" and f.subject}
 
 
+@quiet_gc()
 def validate(project: Project, lint: list[Finding] | None = None, raw: RawProject | None = None,
              identities: IdentityResolver | None = None) -> list[Finding]:
     """Every finding for ``project`` (plus yamllint findings, if given), in a stable order.
@@ -946,9 +961,8 @@ def validate(project: Project, lint: list[Finding] | None = None, raw: RawProjec
         *_check_mounts(project),
         *_check_security(project, identities),
     ]
-    trapped = {f"The \"{name}\" variable is not set" for name in _trap_names(findings)}
-    findings = [f for f in findings
-                if not (f.rule == "compose-warning" and any(f.message.startswith(t) for t in trapped))]
+    trapped = _trap_names(findings)   # compose's "variable is not set" warning for a trap says it twice
+    findings = [f for f in findings if not (f.rule == "compose-warning" and f.subject in trapped)]
     findings = _apply_exceptions(project, findings)
     unique = {}
     for f in findings:
@@ -1057,14 +1071,20 @@ def run(project_dir, files=None, env_file=None, profiles=("*",), docker="docker"
 def main(argv: list[str] | None = None) -> int:
     """``python -m ...compose_validate PROJECT_DIR [--json PATH] [-f FILE] [--profile P] [--env-file F]``.
 
-    Exit 0 when there is no error, 1 when there are errors, 2 on bad input.
+    Exit 0 when there is no error, 1 when there are errors, 2 on bad input (one line on stderr, naming
+    the file), 3 on an internal error (one line; never a traceback, never 1).
     """
+    return guarded_cli("validate", _main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
     import argparse
 
     from ansible_collections.hyhome.bootstrap.plugins.module_utils.fileops import atomic_write
 
     parser = argparse.ArgumentParser(prog="validate-docker-compose.sh",
-                                     description="Static checks of a Docker Compose project (AC-2).")
+                                     description="Static checks of a Docker Compose project (AC-2).",
+                                     epilog=EXIT_CODES_HELP)
     parser.add_argument("project_dir", nargs="?", default=os.environ.get("HYHOME_PROJECT_DIR") or ".",
                         help="the compose project (default: $HYHOME_PROJECT_DIR, else the current directory)")
     parser.add_argument("--json", dest="json_path", help="also write the report as JSON to this path")
@@ -1085,19 +1105,15 @@ def main(argv: list[str] | None = None) -> int:
         if not sep or not repo.strip() or not owner.strip():
             parser.error(f"--image-user {item!r}: write REPOSITORY=UID[:GID], e.g. myorg/worker=1500:1500")
         image_users[repo.strip()] = owner.strip()
-    try:
-        _, _, report = run(args.project_dir, files=args.files, env_file=args.env_file,
-                           profiles=args.profiles or ["*"], docker=args.docker, yamllint=not args.no_yamllint,
-                           image_users=image_users)
-        if args.json_path:
-            atomic_write(os.path.abspath(args.json_path),
-                         (json.dumps(report, indent=2, sort_keys=True) + "\n").encode(), 0o644)
-    except HyHomeError as e:
-        print(f"validate: {e.msg}", file=sys.stderr)
-        return 2
+    _, _, report = run(args.project_dir, files=args.files, env_file=args.env_file,
+                       profiles=args.profiles or ["*"], docker=args.docker, yamllint=not args.no_yamllint,
+                       image_users=image_users)
+    if args.json_path:
+        atomic_write(os.path.abspath(args.json_path),
+                     (json.dumps(report, indent=2, sort_keys=True) + "\n").encode(), 0o644)
     print(render_table(report))
     failed = not report["ok"] or (args.strict and report["summary"]["warning"] > 0)
-    return 1 if failed else 0
+    return EXIT_FINDINGS if failed else EXIT_OK
 
 
 if __name__ == "__main__":

@@ -13,6 +13,11 @@ Pure core of the ``data_dirs`` module (no AnsibleModule here). Three steps:
    into place, and fixes owner/group/mode drift in one ``scandir`` pass that touches only entries
    that differ, never follows symlinks and never crosses into another filesystem.
 
+Hard links: a file with more than one link shares its inode with another name, possibly outside
+the project (``ln /etc/shadow data/x``), so changing its owner or mode changes that file too. The
+walk skips such files and lists them; a bind-mounted file that is hard-linked is refused while
+planning when it would need a change.
+
 Mode rule for an entry: ``new = (current & allowed) | required``. A writable directory is created
 with ``mode``; an existing one is never looser than ``mode`` (what its application tightened is
 kept). With ``recurse`` the subtree keeps its modes, minus world-write, plus what the container
@@ -33,6 +38,7 @@ from ansible_collections.hyhome.bootstrap.plugins.module_utils import mounts
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyHomeError
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.fileops import (
     atomic_write,
+    check_id,
     ensure_within,
     parse_mode,
     refuse_dangerous,
@@ -228,12 +234,15 @@ def plan(project, options: dict | None = None, images=None) -> Plan:
     for key, ov in (opts["overrides"] or {}).items():
         if "/" in key:
             p = os.path.normpath(key if os.path.isabs(key) else os.path.join(project_dir, key))
+            if ov is not None and not isinstance(ov, dict):
+                raise HyHomeError(f"override for path {key}: {ov!r} must be a mapping with owner, group or mode")
             path_overrides[p] = ov or {}
     resolver = IdentityResolver({k: v for k, v in (opts["overrides"] or {}).items() if "/" not in k},
                                 opts["image_users"], images, opts["missing_image"])
     out = Plan(excludes=excludes)
     paths, out.warnings = derive_paths(project)
     refusals = []
+    path_refused = False
     for hp in paths:
         services = sorted({u.service for u in hp.uses})
         # Exclusions first: an excluded tree is never touched, so it cannot be refused either.
@@ -258,20 +267,37 @@ def plan(project, options: dict | None = None, images=None) -> Plan:
             ensure_within(inside[0], hp.path, "bind-mount path")
         except HyHomeError as exc:
             refusals.append(f"{exc.msg} (services: {', '.join(services)})")
+            path_refused = True
             continue
         if hp.path in roots:
             out.skipped.append({"path": hp.path, "services": services,
                                 "reason": "is an allowed root itself; its owner is never changed"})
             continue
-        item = _plan_item(project, hp, services, opts, resolver, path_overrides, out)
+        try:
+            item = _plan_item(project, hp, services, opts, resolver, path_overrides, out)
+        except HyHomeError as exc:
+            raise HyHomeError(f"nothing changed: {exc.msg}") from None
         if item:
+            _check_ids(item)
+            why = _hardlink_refusal(item)
+            if why:
+                refusals.append(f"{why} (services: {', '.join(services)})")
+                continue
             out.items.append(item)
     if refusals:
-        raise HyHomeError("nothing changed; refused: " + "; ".join(refusals)
-                          + ". A host path the service only reads is left alone when mounted read-only (:ro); "
-                          "a tree the project must not manage can be listed in exclude")
+        hint = (". A host path the service only reads is left alone when mounted read-only (:ro); "
+                "a tree the project must not manage can be listed in exclude") if path_refused else ""
+        raise HyHomeError("nothing changed; refused: " + "; ".join(refusals) + hint)
     out.warnings.extend(resolver.warnings)
     return out
+
+
+def _check_ids(item: Item) -> None:
+    """Every owner the walk will set is a real id (-1 keeps): checked here, before anything is created."""
+    for value, what in ((item.rule.uid, "owner"), (item.rule.gid, "group"),
+                        (item.identity.uid, "owner"), (item.identity.gid, "group")):
+        if value != -1:
+            check_id(value, f"nothing changed: {what} of {item.path}")
 
 
 def _plan_item(project, hp: HostPath, services, opts, resolver, path_overrides, out: Plan) -> Item | None:
@@ -323,7 +349,7 @@ def _plan_item(project, hp: HostPath, services, opts, resolver, path_overrides, 
     top_mode = parse_mode((ov or {}).get("mode"), f"override mode for {hp.path}")
     rule = _rule(hp.kind, writable, shared, ident, top_mode, opts, real if exists else None)
     if ov and ov.get("group") not in (None, "") and not (ov.get("owner") not in (None, "")):
-        rule.gid = override_identity({"owner": 0, "group": ov["group"]}, "override group").gid
+        rule.gid = override_identity({"owner": 0, "group": ov["group"]}, f"override for path {hp.path}").gid
     copy_mode = top_mode if top_mode is not None else opts["config_mode"] | (0o660 if shared and writable else 0)
     return Item(hp.path, hp.kind, services, not writable, ident, rule, shared, example, exists, copy_mode)
 
@@ -384,6 +410,8 @@ class WalkStats:
     skipped_devices: int = 0
     raced: int = 0
     samples: list = field(default_factory=list)
+    hardlinks: list = field(default_factory=list)     # paths skipped: their inode has other names
+    skipped_hardlinks: int = 0
 
 
 def _want_mode(mode: int, allowed: int, required: int) -> int:
@@ -405,6 +433,12 @@ def _fix_fd(fd, st, rule: Rule, want_mode, check: bool, stats: WalkStats, path: 
             os.fchmod(fd, want_mode if want_mode is not None else cur)   # chown clears setuid/setgid
     _count(stats, path, st, uid, gid, want_mode if mode_diff else None)
     return True
+
+
+def _skip_hardlink(stats: WalkStats, path: str) -> None:
+    stats.skipped_hardlinks += 1
+    if len(stats.hardlinks) < _SAMPLE_LIMIT:
+        stats.hardlinks.append(path)
 
 
 def _count(stats: WalkStats, path, st, uid, gid, mode) -> None:
@@ -525,6 +559,9 @@ def _scan(dfd, dpath, stats, dev, uid, gid, check_uid, check_gid, fallow, freq, 
                 if fmt != s_iflnk and fmt not in (stat.S_IFIFO, stat.S_IFSOCK):
                     stats.skipped_devices += 1
                     continue
+                if st.st_nlink > 1:
+                    _skip_hardlink(stats, dpath + "/" + entry.name)
+                    continue
                 if not check:
                     lchown(entry.name, uid if bad_uid else -1, gid if bad_gid else -1, dir_fd=dfd,
                            follow_symlinks=False)
@@ -534,29 +571,36 @@ def _scan(dfd, dpath, stats, dev, uid, gid, check_uid, check_gid, fallow, freq, 
 
 
 def _fix_file(dfd, name, st, uid, gid, mode, check, stats, dpath) -> None:
-    """Owner via lchown (no follow); mode through an O_NOFOLLOW descriptor verified to be the entry."""
+    """Owner and mode through an O_NOFOLLOW descriptor verified to be the lstat-ed entry, with a
+    single link (a hard-linked file is skipped and listed, see the module docstring)."""
     path = dpath + "/" + name
+    if st.st_nlink > 1:
+        _skip_hardlink(stats, path)
+        return
     if check:
         _count(stats, path, st, uid, gid, mode)
         return
-    if uid != -1 or gid != -1:
-        os.chown(name, uid, gid, dir_fd=dfd, follow_symlinks=False)
-        if st.st_mode & 0o6000 and mode is None:
-            mode = stat.S_IMODE(st.st_mode)     # chown cleared setuid/setgid: put the bits back
-    if mode is not None:
-        try:
-            ffd = os.open(name, _FILE_OPEN, dir_fd=dfd)
-        except OSError:
+    try:
+        ffd = os.open(name, _FILE_OPEN, dir_fd=dfd)
+    except OSError:
+        stats.raced += 1
+        return
+    try:
+        fst = os.fstat(ffd)
+        if fst.st_ino != st.st_ino or fst.st_dev != st.st_dev:
             stats.raced += 1
             return
-        try:
-            fst = os.fstat(ffd)
-            if fst.st_ino != st.st_ino or fst.st_dev != st.st_dev:
-                stats.raced += 1
-                return
+        if fst.st_nlink > 1:                    # linked since the scan
+            _skip_hardlink(stats, path)
+            return
+        if uid != -1 or gid != -1:
+            os.fchown(ffd, uid, gid)
+            if st.st_mode & 0o6000 and mode is None:
+                mode = stat.S_IMODE(st.st_mode)     # chown cleared setuid/setgid: put the bits back
+        if mode is not None:
             os.fchmod(ffd, mode)
-        finally:
-            os.close(ffd)
+    finally:
+        os.close(ffd)
     _count(stats, path, st, uid, gid, mode)
 
 
@@ -578,8 +622,12 @@ def _makedirs(path: str, rule: Rule, check: bool) -> list[str]:
             os.mkdir(d, 0o755)
         except FileExistsError:
             continue
-    os.chown(path, rule.uid, rule.gid, follow_symlinks=False)
-    os.chmod(path, rule.create_mode)
+    fd = os.open(path, _DIR_OPEN)       # the directory just made, never a symlink swapped in
+    try:
+        os.fchown(fd, rule.uid, rule.gid)
+        os.fchmod(fd, rule.create_mode)
+    finally:
+        os.close(fd)
     return list(reversed(created))
 
 
@@ -622,6 +670,8 @@ def apply(p: Plan, check: bool = False, recurse: bool = False) -> dict:
                          owner_fixed=stats.owner_fixed, mode_fixed=stats.mode_fixed,
                          skipped_mounts=stats.skipped_mounts, skipped_devices=stats.skipped_devices,
                          raced=stats.raced)
+            if stats.skipped_hardlinks:
+                entry.update(skipped_hardlinks=stats.skipped_hardlinks, hardlinks=stats.hardlinks)
             totals["checked"] += stats.checked
             totals["fixed"] += stats.fixed
             if stats.fixed:
@@ -676,17 +726,39 @@ def _apply_file(item: Item, real: str, check: bool) -> dict:
         return {"state": "ok", "note": "symlink: left as is"}
     if not stat.S_ISREG(st.st_mode):
         return {"state": "ok", "note": "not a regular file: left as is"}
-    want = rule.top_mode if rule.top_mode is not None else _want_mode(st.st_mode, rule.file_allowed, rule.file_required)
+    uid, gid, want = _file_changes(rule, st)
     stats = WalkStats()
     dfd = os.open(os.path.dirname(real), _DIR_OPEN)
     try:
-        bad_uid = rule.uid != -1 and st.st_uid != rule.uid
-        bad_gid = rule.gid != -1 and st.st_gid != rule.gid
-        mode_diff = want != stat.S_IMODE(st.st_mode)
-        if bad_uid or bad_gid or mode_diff:
-            _fix_file(dfd, os.path.basename(real), st, rule.uid if bad_uid else -1, rule.gid if bad_gid else -1,
-                      want if mode_diff else None, check, stats, os.path.dirname(real))
+        if uid != -1 or gid != -1 or want is not None:
+            _fix_file(dfd, os.path.basename(real), st, uid, gid, want, check, stats, os.path.dirname(real))
     finally:
         os.close(dfd)
-    return {"state": "fixed" if stats.fixed else "ok", "checked": 1, "fixed": stats.fixed,
-            "before": _describe(st), "samples": stats.samples}
+    out = {"state": "fixed" if stats.fixed else "ok", "checked": 1, "fixed": stats.fixed,
+           "before": _describe(st), "samples": stats.samples}
+    if stats.skipped_hardlinks:     # hard-linked after planning refused it
+        out.update(skipped_hardlinks=stats.skipped_hardlinks, hardlinks=stats.hardlinks)
+    return out
+
+
+def _file_changes(rule: Rule, st) -> tuple[int, int, int | None]:
+    """(uid, gid, mode) a bind-mounted file needs: -1 / None where it already matches."""
+    want = rule.top_mode if rule.top_mode is not None else _want_mode(st.st_mode, rule.file_allowed, rule.file_required)
+    return (rule.uid if rule.uid != -1 and st.st_uid != rule.uid else -1,
+            rule.gid if rule.gid != -1 and st.st_gid != rule.gid else -1,
+            want if want != stat.S_IMODE(st.st_mode) else None)
+
+
+def _hardlink_refusal(item: Item) -> str | None:
+    """Why a bind-mounted file cannot be managed: it is hard-linked and would need a change."""
+    if item.kind != "file":
+        return None
+    try:
+        st = os.lstat(os.path.realpath(item.path))
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink < 2 or _file_changes(item.rule, st) == (-1, -1, None):
+        return None
+    return (f"refusing bind-mounted file {item.path}: it has {st.st_nlink} hard links, so changing its owner "
+            "or mode would change the other names of the same file too (possibly outside the project); "
+            "replace it with a copy, or set a path override with its current owner, group and mode")

@@ -8,7 +8,11 @@ inventory values, without ever writing a secret.
   lines change), and appends keys the example does not have at the end, in the given order.
 * :func:`secret_problems` refuses values that look like secrets: a non-empty value under a
   sensitive name (``*PASSWORD*``, ``*SECRET*``, ``*TOKEN*``, ``*_KEY``, ``*PASSPHRASE*``, ...; a
-  ``*_FILE`` path is fine), a PEM block, or a URL with a password in it.
+  ``*_FILE`` path is fine), or, whatever the name, a value matching ``SECRET_VALUE_PATTERNS`` (a PEM
+  block, a URL with a password, vendor key shapes such as ``AKIA…``, ``sk_live_…``, ``ghp_…``).
+* :func:`masked` hides secret-looking values and lines, by name and by content, for both sides of a
+  diff; :func:`lost_secrets` finds the hand-set ones a rewrite drops, and :func:`apply` keeps the old
+  file in ``<project>/.hyhome/env-backups/`` (0600) before it does.
 * :func:`missing_required` checks every variable the compose files reference without a default:
   it must end up defined and non-empty (Compose would substitute ``""``), unless listed as allowed
   to stay empty.
@@ -16,7 +20,8 @@ inventory values, without ever writing a secret.
   id, a uuid): generated once, then kept from the existing ``.env``. Never secrets.
 * :func:`plan` ties it together and says which keys change; :func:`apply` writes atomically.
 
-Values of sensitive keys never leave this module: results and diffs carry their names only.
+Values of sensitive keys never leave this module: results and diffs carry their names only, and
+errors say file:line and the kind of problem, never the text of a line.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import os
 import re
 import secrets
 import stat
+import time
 import uuid
 from dataclasses import dataclass, field
 
@@ -36,6 +42,7 @@ from ansible_collections.hyhome.bootstrap.plugins.module_utils.fileops import (
     refuse_dangerous,
     remove_stale_temps,
 )
+from ansible_collections.hyhome.bootstrap.plugins.module_utils.project_context import STATE_DIR, ensure_state_dir
 
 KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 _ASSIGN_RE = re.compile(r"^\s*(?P<export>export\s+)?(?P<key>[^=\s#]+)\s*=\s*(?P<rest>.*?)\s*$")
@@ -50,8 +57,41 @@ SENSITIVE_WORDS = ("PASS", "PWD", "SALT")
 SENSITIVE_LAST_WORDS = ("KEY", "AUTH")
 # Suffixes that mark a *path* or a reference to a secret, not the secret itself.
 SAFE_SUFFIXES = ("_FILE", "_PATH", "_DIR", "_FILENAME")
-_PEM_RE = re.compile(r"-----BEGIN [A-Z0-9 ]+-----")
-_URL_CREDENTIALS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/@:\s]*:[^/@\s]+@")
+# What a secret looks like whatever its name, as (why, pattern): one table, read by the env job
+# (refusal, diff masking, backups) and by validate's credential-literal rule. `why` never holds the
+# value. Vendor prefixes are matched at a word start, so a longer identifier that merely contains
+# one does not count.
+_START = r"(?<![A-Za-z0-9])"
+SECRET_VALUE_PATTERNS: tuple[tuple[str, re.Pattern], ...] = (
+    ("it holds a PEM block (a key or certificate belongs in a file)",
+     re.compile(r"-----BEGIN [A-Z0-9 ]+-----")),
+    ("it is a URL with a password in it",
+     re.compile(r"(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]*://[^/@:\s]*:[^/@\s]+@")),
+    ("it looks like an AWS access key id", re.compile(r"(?<![A-Z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Z0-9])")),
+    ("it looks like a Stripe secret or restricted key", re.compile(_START + r"[sr]k_(?:live|test)_[A-Za-z0-9]{10,}")),
+    ("it looks like a Stripe webhook signing secret", re.compile(_START + r"whsec_[A-Za-z0-9+/=]{20,}")),
+    ("it looks like a GitHub token",
+     re.compile(_START + r"(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,})")),
+    ("it looks like a GitLab token", re.compile(_START + r"gl(?:pat|dt|rt|ptt)-[A-Za-z0-9_-]{20,}")),
+    ("it looks like a Slack token", re.compile(_START + r"xox[abposr]-[A-Za-z0-9-]{10,}")),
+    ("it is a chat webhook URL (the URL is the credential)",
+     re.compile(r"https://(?:hooks\.slack\.com/services/[A-Za-z0-9]+/[A-Za-z0-9]+/[A-Za-z0-9]+"
+                r"|(?:[a-z]+\.)?discord(?:app)?\.com/api/webhooks/[0-9]+/[A-Za-z0-9_-]+)")),
+    ("it looks like a Google API key", re.compile(_START + r"AIza[0-9A-Za-z_-]{35}")),
+    ("it looks like an OpenAI or Anthropic API key",
+     re.compile(_START + r"sk-(?:(?:proj|ant-[a-z0-9]+)-[A-Za-z0-9_-]{20,}|[A-Za-z0-9]{32,})")),
+    ("it looks like an npm or PyPI token", re.compile(_START + r"(?:npm_[A-Za-z0-9]{36}|pypi-AgE[A-Za-z0-9_-]{40,})")),
+    ("it looks like a SendGrid API key", re.compile(_START + r"SG\.[A-Za-z0-9_-]{20,}\.[A-Za-z0-9_-]{40,}")),
+    ("it looks like a JSON Web Token", re.compile(_START + r"eyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.")),
+)
+_PEM_BEGIN_RE = re.compile(r"-----BEGIN [A-Z0-9 ]+-----")
+_PEM_END_RE = re.compile(r"-----END [A-Z0-9 ]+-----")
+HIDDEN = "<hidden>"
+HIDDEN_LINE = "<line hidden: it looks like a secret>"
+# Bigger .env or .env.example files are not dotenv files anyone writes by hand; not read.
+MAX_ENV_BYTES = 1024 * 1024
+# Under the project's state dir: a .env that loses hand-set secrets is kept there first (0700 dir, 0600 files).
+BACKUP_DIR = "env-backups"
 # Characters that need no quoting in a dotenv value (no spaces, quotes, '#', '$' or '\').
 _PLAIN_VALUE_RE = re.compile(r"[A-Za-z0-9_./:@,+=%^~-]*")
 
@@ -99,6 +139,10 @@ class EnvPlan:
     uid: int = -1
     gid: int = -1
     warnings: list[str] = field(default_factory=list)
+    project_dir: str = ""
+    allow: tuple[str, ...] = ()                          # env_allow_keys, for masking
+    lost_secrets: list[str] = field(default_factory=list)  # secret-looking lines of `before` the rewrite drops
+    backup_file: str | None = None                       # where apply() kept `before` when it drops secrets
 
     @property
     def changed_any(self) -> bool:
@@ -120,7 +164,7 @@ def _unquote(rest: str, source: str, number: int) -> str:
             raise HyHomeError(f"{source}:{number}: unterminated {quote} quote (multi-line values are not supported)")
         tail = rest[end + 1:].strip()
         if tail and not tail.startswith("#"):
-            raise HyHomeError(f"{source}:{number}: unexpected text after the closing quote: {tail[:20]!r}")
+            raise HyHomeError(f"{source}:{number}: unexpected text after the closing quote")
         body = rest[1:end]
         if quote == "'":
             return body
@@ -142,13 +186,31 @@ def _closing_quote(rest: str, quote: str) -> int:
     return -1
 
 
+def _split_lines(text: str) -> list[str]:
+    """Lines as Compose's dotenv reader sees them: split at \\n only (a stray \\r before it is dropped),
+    so a line number here is the line number in an editor."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
+
+
+def _shown(text) -> str:
+    """An inventory-given name or kind for a message: quoted, unless it is long or looks like a secret."""
+    shown = repr(text)
+    if len(shown) > 60 or looks_like_secret_value(str(text)):
+        return "(not shown: it is long or looks like a secret)"
+    return shown
+
+
 def parse(text: str, source: str = ".env") -> list[EnvLine]:
-    """Parse dotenv text into lines; raises HyHomeError (with file:line) on bad input."""
+    """Parse dotenv text into lines; raises HyHomeError on bad input, saying file:line and the kind
+    of error only: the offending text may be a secret and is never echoed."""
     if "\x00" in text:
         raise HyHomeError(f"{source}: contains NUL bytes: not a dotenv file")
     lines: list[EnvLine] = []
     seen: dict[str, int] = {}
-    for number, raw in enumerate(text.splitlines(), start=1):
+    for number, raw in enumerate(_split_lines(text), start=1):
         stripped = raw.strip()
         if not stripped or stripped.startswith("#"):
             lines.append(EnvLine(raw, number=number))
@@ -157,15 +219,15 @@ def parse(text: str, source: str = ".env") -> list[EnvLine]:
         if m:
             key = m.group("key")
             if not KEY_RE.fullmatch(key):
-                raise HyHomeError(f"{source}:{number}: {key!r} is not a valid variable name")
+                raise HyHomeError(f"{source}:{number}: the name before '=' is not a valid variable name")
             value = _unquote(m.group("rest"), source, number)
         else:
             bare = _BARE_KEY_RE.match(raw)
             if not bare:
-                raise HyHomeError(f"{source}:{number}: not a KEY=value line: {stripped[:40]!r}")
+                raise HyHomeError(f"{source}:{number}: not a KEY=value line, a comment or a blank line")
             key, value = bare.group("key"), None
         if key in seen:
-            raise HyHomeError(f"{source}:{number}: {key} is already set on line {seen[key]} (duplicate key)")
+            raise HyHomeError(f"{source}:{number}: duplicate key, already set on line {seen[key]}")
         seen[key] = number
         lines.append(EnvLine(raw, key=key, value=value, number=number))
     return lines
@@ -219,11 +281,11 @@ def is_sensitive_name(name: str, allow: tuple[str, ...] | list[str] = ()) -> boo
 
 
 def looks_like_secret_value(value: str) -> str | None:
-    """Why a value looks secret whatever its name (a PEM block, credentials in a URL), else None."""
-    if _PEM_RE.search(value):
-        return "it holds a PEM block (a key or certificate belongs in a file)"
-    if _URL_CREDENTIALS_RE.match(value):
-        return "it is a URL with a password in it"
+    """Why a text looks secret whatever its name (a PEM block, credentials in a URL, a vendor key
+    shape from SECRET_VALUE_PATTERNS), else None. The answer never holds the text."""
+    for why, pattern in SECRET_VALUE_PATTERNS:
+        if pattern.search(value):
+            return why
     return None
 
 
@@ -231,6 +293,9 @@ def secret_problems(values: dict[str, str | None], allow=()) -> list[str]:
     """One message per value that must not be written to .env (names only, never values)."""
     problems = []
     for key, value in values.items():
+        if looks_like_secret_value(key):
+            problems.append("a variable name itself looks like a secret; the line is not shown")
+            continue
         if not value:
             continue
         if is_sensitive_name(key, allow):
@@ -240,6 +305,24 @@ def secret_problems(values: dict[str, str | None], allow=()) -> list[str]:
         if why:
             problems.append(f"{key}: {why}")
     return problems
+
+
+def log_masking(values, allow=()) -> tuple[set[str], set[str]]:
+    """(secret, plain): the texts of the inventory values as Ansible's no_log masking sees them
+    (``str(value)`` of strings and numbers). ``secret`` are those that look secret by name or by
+    content (refused, and never to be printed); ``plain`` the others (written to .env anyway)."""
+    secret: set[str] = set()
+    plain: set[str] = set()
+    for key, value in (values or {}).items() if isinstance(values, dict) else ():
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            continue
+        text = str(value)
+        name = str(key)
+        if is_sensitive_name(name, allow or ()) or looks_like_secret_value(text) or looks_like_secret_value(name):
+            secret.add(text)
+        else:
+            plain.add(text)
+    return secret, plain
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,7 +393,7 @@ def generate_identifier(kind: str) -> str:
             value = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode("ascii")
             if not value.startswith("-"):
                 return value
-    raise HyHomeError(f"unknown generated kind {kind!r}; choose one of {', '.join(GENERATED_KINDS)}")
+    raise HyHomeError(f"unknown generated kind {_shown(kind)}; choose one of {', '.join(GENERATED_KINDS)}")
 
 
 def check_generated(generated, values: dict, allow=()) -> dict[str, str]:
@@ -322,9 +405,9 @@ def check_generated(generated, values: dict, allow=()) -> dict[str, str]:
     problems = []
     for name, kind in (generated or {}).items():
         if not isinstance(name, str) or not KEY_RE.fullmatch(name):
-            raise HyHomeError(f"generated variable {name!r} is not a valid variable name for .env")
+            raise HyHomeError(f"generated variable {_shown(name)} is not a valid variable name for .env")
         if kind not in GENERATED_KINDS:
-            problems.append(f"{name}: unknown kind {kind!r}; choose one of {', '.join(GENERATED_KINDS)}")
+            problems.append(f"{name}: unknown kind {_shown(kind)}; choose one of {', '.join(GENERATED_KINDS)}")
         elif is_sensitive_name(name, allow):
             problems.append(f"{name}: the name marks a secret; generated values are identifiers written to .env, "
                             "secrets are files generated by the secrets role")
@@ -402,15 +485,28 @@ def render(example_lines: list[EnvLine], values: dict[str, str], header: str | N
 
 
 def _read(path: str, what: str) -> str | None:
+    """The text of a dotenv file, None when it does not exist. Only a regular file of at most
+    MAX_ENV_BYTES is read: opened non-blocking and checked on the open descriptor, so a FIFO swapped
+    in cannot block the run, nor a device or a huge file exhaust memory."""
     try:
-        with open(path, "rb") as fh:
-            data = fh.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         return None
-    except IsADirectoryError:
-        raise HyHomeError(f"{what} {path} is a directory, not a file") from None
     except OSError as e:
         raise HyHomeError(f"cannot read {what} {path}: {e.strerror}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise HyHomeError(f"{what} {path} is a directory, not a file")
+        raise HyHomeError(f"{what} {path} is not a regular file")
+    with os.fdopen(fd, "rb") as fh:
+        try:
+            data = fh.read(MAX_ENV_BYTES + 1)
+        except OSError as e:
+            raise HyHomeError(f"cannot read {what} {path}: {e.strerror}") from None
+    if len(data) > MAX_ENV_BYTES:
+        raise HyHomeError(f"{what} {path} is larger than {MAX_ENV_BYTES // 1024} KiB: not a dotenv file")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
@@ -444,7 +540,7 @@ def plan(project_dir: str, values: dict | None = None, dest: str | None = None, 
     wanted: dict[str, str] = {}
     for key, value in (values or {}).items():
         if not isinstance(key, str) or not KEY_RE.fullmatch(key):
-            raise HyHomeError(f"{key!r} is not a valid variable name for .env")
+            raise HyHomeError(f"{_shown(key)} is not a valid variable name for .env")
         try:
             wanted[key] = to_text(value)
         except HyHomeError as e:
@@ -458,7 +554,8 @@ def plan(project_dir: str, values: dict | None = None, dest: str | None = None, 
         raise HyHomeError(f"{example} does not exist: the project ships no .env.example")
     example_lines = parse(example_text or "", os.path.relpath(example, project_dir))
     before = _read(dest, ".env")
-    old = as_dict(parse(before, os.path.relpath(dest, project_dir))) if before is not None else {}
+    old_lines = parse(before, os.path.relpath(dest, project_dir)) if before is not None else []
+    old = as_dict(old_lines)
     new_ids = []
     warnings = []
     for name, kind in kinds.items():
@@ -497,41 +594,135 @@ def plan(project_dir: str, values: dict | None = None, dest: str | None = None, 
             + (ALLOW_EMPTY_NOTE if any("substitute an empty string" in m for m in missing) else ""))
 
     p = EnvPlan(dest=dest, content=content, before=before, mode=mode, uid=uid, gid=gid,
-                generated=new_ids, warnings=warnings)
+                generated=new_ids, warnings=warnings, project_dir=project_dir, allow=tuple(allow))
+    numbers = {ln.key: ln.number for ln in old_lines if ln.key}
     p.added = [k for k in final if k not in old]
     p.changed = [k for k in final if k in old and old[k] != final[k]]
-    p.removed = [k for k in old if k not in final]
+    p.removed = [_reported_key(k, numbers[k]) for k in old if k not in final]
     p.content_changed = before != content
     if before is not None:
-        st = os.stat(dest)
+        st = os.lstat(dest)
         p.mode_changed = stat.S_IMODE(st.st_mode) != mode
         p.owner_changed = (uid != -1 and st.st_uid != uid) or (gid != -1 and st.st_gid != gid)
-    if old:
-        leaked = [k for k in old if old[k] and is_sensitive_name(k, allow) and (k not in final or final[k] != old[k])]
-        if leaked:
-            p.warnings.append("removed value(s) that looked like secrets from .env: " + ", ".join(leaked))
+        if st.st_nlink > 1 and not p.content_changed:
+            # chmod/chown would reach every path of the inode: write a file of its own instead.
+            p.content_changed = True
+            p.warnings.append(f"{os.path.relpath(dest, project_dir)} was a hard link to another file; "
+                              "it is rewritten as a file of its own")
+    if p.content_changed:
+        p.lost_secrets = lost_secrets(before, content, p.allow)
     return p
 
 
+def _reported_key(key: str, number: int) -> str:
+    """A key as results and messages show it: a name that itself looks like a secret (a token pasted
+    alone on a line) becomes its line number."""
+    return f"(line {number}: a name that looks like a secret)" if looks_like_secret_value(key) else key
+
+
+def _mask_lines(text: str, allow=()):
+    """(number, line, shown, key) for each line of a dotenv text, ``shown`` being the line fit for a
+    diff or a log. Hidden by name: the value of a sensitive-looking key (``KEY=<hidden>``). Hidden by
+    content: any value, comment or stray line holding something from SECRET_VALUE_PATTERNS (a whole
+    line is replaced when the name or a comment is the secret), and every line of a PEM block.
+    ``key`` is the name when it can be shown, else None."""
+    in_pem = False
+    for number, raw in enumerate(_split_lines(text), start=1):
+        if in_pem:
+            in_pem = not _PEM_END_RE.search(raw)
+            yield number, raw, HIDDEN_LINE, None
+            continue
+        begin = _PEM_BEGIN_RE.search(raw)
+        in_pem = bool(begin) and not _PEM_END_RE.search(raw, begin.end())
+        m = _ASSIGN_RE.match(raw)
+        if m and not raw.lstrip().startswith("#") and not looks_like_secret_value(m.group("key")):
+            key, rest = m.group("key"), m.group("rest")
+            if rest and (is_sensitive_name(key, allow) or looks_like_secret_value(rest)):
+                yield number, raw, f"{'export ' if m.group('export') else ''}{key}={HIDDEN}", key
+            else:
+                yield number, raw, raw, key
+        elif looks_like_secret_value(raw):
+            yield number, raw, HIDDEN_LINE, None
+        else:
+            yield number, raw, raw, None
+
+
 def masked(text: str | None, allow=()) -> str:
-    """A dotenv text for diffs: values of sensitive keys replaced by a marker."""
+    """A dotenv text fit for a diff: secret-looking values and lines hidden, by name and by content
+    (see :func:`_mask_lines`). Both sides of every diff go through this one function."""
     if text is None:
         return ""
-    out = []
-    for raw in text.splitlines():
-        m = _ASSIGN_RE.match(raw)
-        if m and not raw.strip().startswith("#") and is_sensitive_name(m.group("key"), allow) and m.group("rest"):
-            out.append(f"{m.group('key')}=<hidden>")
-        else:
-            out.append(raw)
+    out = [shown for _, _, shown, _ in _mask_lines(text, allow)]
     return "\n".join(out) + ("\n" if out else "")
 
 
+def diff(p: EnvPlan) -> dict:
+    """The diff-mode view of a plan: before and after, both masked the same way."""
+    return {"before_header": p.dest, "after_header": p.dest,
+            "before": masked(p.before, p.allow), "after": masked(p.content, p.allow)}
+
+
+def lost_secrets(before: str | None, after: str, allow=()) -> list[str]:
+    """The secret-looking lines of ``before`` (see :func:`masked`) that ``after`` no longer holds, as
+    key names or ``line N``: a hand-set secret the rewrite would delete."""
+    if not before:
+        return []
+    kept = set(_split_lines(after))
+    return [key if key else f"line {number}" for number, raw, shown, key in _mask_lines(before, allow)
+            if shown != raw and raw not in kept]
+
+
+def backup_dir(project_dir: str) -> str:
+    """Where a .env is kept before a rewrite drops secret-looking values: in the project's state dir."""
+    return os.path.join(project_dir, STATE_DIR, BACKUP_DIR)
+
+
+def _backup(p: EnvPlan) -> str:
+    """Keep ``p.before`` as a 0600 file in a 0700 directory under the project's state dir; its path."""
+    try:
+        ensure_state_dir(p.project_dir)
+        directory = backup_dir(p.project_dir)
+        if not os.path.lexists(directory):
+            os.mkdir(directory, 0o700)
+        st = os.lstat(directory)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+            raise HyHomeError(f"{directory} is not a directory of this user (a symlink, a file or another "
+                              "user's); remove it so it can be recreated")
+        if stat.S_IMODE(st.st_mode) != 0o700:
+            os.chmod(directory, 0o700)
+        base = f"{os.path.basename(p.dest)}.{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+        path = next(c for c in (os.path.join(directory, base if n == 0 else f"{base}.{n}") for n in range(1000))
+                    if not os.path.lexists(c))
+        atomic_write(path, (p.before or "").encode("utf-8"), mode=0o600)
+    except HyHomeError as e:
+        raise HyHomeError(f"cannot back up {p.dest} before dropping secret-looking values from it, so it is "
+                          f"left unchanged: {e.msg}") from None
+    except (OSError, StopIteration) as e:
+        reason = getattr(e, "strerror", None) or "no free backup name"
+        raise HyHomeError(f"cannot back up {p.dest} before dropping secret-looking values from it, so it is "
+                          f"left unchanged: {reason}") from None
+    return path
+
+
+def lost_secrets_note(p: EnvPlan) -> str | None:
+    """The one-line warning naming the secret-looking values a rewrite drops and where the old file is
+    (or, in check mode, would be) kept. Names and line numbers only."""
+    if not p.lost_secrets:
+        return None
+    where = (f"the previous file is kept in {p.backup_file} (mode 0600)" if p.backup_file
+             else f"the previous file would be kept under {backup_dir(p.project_dir)}/ (mode 0600)")
+    return (f"{p.dest}: hand-set value(s) that look like secrets are removed ({', '.join(p.lost_secrets)}); "
+            f"{where}: move each to a secret file under secrets/, then delete the backup")
+
+
 def apply(p: EnvPlan) -> None:
-    """Write the planned file atomically (mode/owner set before the rename), or fix its attributes."""
+    """Write the planned file atomically (mode/owner set before the rename), or fix its attributes.
+    A file that loses secret-looking values is first kept in :func:`backup_dir` (``p.backup_file``)."""
     directory = os.path.dirname(p.dest)
     remove_stale_temps(directory, os.path.basename(p.dest))
     if p.content_changed:
+        if p.lost_secrets:
+            p.backup_file = _backup(p)
         atomic_write(p.dest, p.content.encode("utf-8"), p.mode, p.uid, p.gid)
         return
     if p.owner_changed:

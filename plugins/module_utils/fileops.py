@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
+import secrets as _secrets
 import stat
 
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyHomeError
@@ -25,6 +27,31 @@ SYSTEM_TREES = (
     "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/sbin", "/sys",
     "/usr", "/var/lib/docker", "/var/lib/containerd", "/run/docker.sock", "/var/run/docker.sock",
 )
+
+
+# Our temp files are named ``.<base>.tmp.hyhome-<12 hex>`` (created O_EXCL, never followed): only
+# names of exactly that shape are ever removed as leftovers, never a user's ``.<base>.tmp-old``.
+TEMP_MARK = ".tmp.hyhome-"
+_TEMP_RE = re.compile(r"\.(?P<base>.+)\.tmp\.hyhome-[0-9a-f]{12}")
+
+
+def temp_name(base: str) -> str:
+    """A fresh, unmistakable temp file name for ``base`` (see TEMP_MARK)."""
+    return f".{base}{TEMP_MARK}{_secrets.token_hex(6)}"
+
+
+def own_temps(directory: str, base: str | None = None) -> list[str]:
+    """Names of temp files our atomic_write left in ``directory`` (for ``base`` only, when given)."""
+    try:
+        names = os.listdir(directory)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    out = []
+    for name in names:
+        m = _TEMP_RE.fullmatch(name)
+        if m and (base is None or m.group("base") == base):
+            out.append(name)
+    return sorted(out)
 
 
 def fsync_dir(path: str) -> None:
@@ -45,8 +72,8 @@ def atomic_write(path: str, data: bytes, mode: int = 0o600, uid: int = -1, gid: 
     directory = os.path.dirname(os.path.abspath(path)) or "."
     base = os.path.basename(path)
     tmp = None
-    for attempt in range(100):
-        candidate = os.path.join(directory, f".{base}.tmp{os.getpid()}.{attempt}")
+    for _attempt in range(100):
+        candidate = os.path.join(directory, temp_name(base))
         try:
             fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
         except FileExistsError:
@@ -83,21 +110,16 @@ def read_bytes(path: str, what: str = "file") -> bytes | None:
         raise HyHomeError(f"cannot read {what} {path}: {exc.strerror}") from None
 
 
-def remove_stale_temps(directory: str, base: str) -> int:
-    """Remove temp files a crashed writer left next to ``base``; returns how many."""
+def remove_stale_temps(directory: str, base: str | None = None) -> int:
+    """Remove the temp files a crashed atomic_write left next to ``base`` (every one of ours in
+    ``directory`` when ``base`` is None); returns how many. Other files are never touched."""
     removed = 0
-    prefix = f".{base}.tmp"
-    try:
-        names = os.listdir(directory)
-    except FileNotFoundError:
-        return 0
-    for name in names:
-        if name.startswith(prefix):
-            try:
-                os.unlink(os.path.join(directory, name))
-                removed += 1
-            except OSError:
-                pass
+    for name in own_temps(directory, base):
+        try:
+            os.unlink(os.path.join(directory, name))
+            removed += 1
+        except OSError:
+            pass
     return removed
 
 
@@ -143,16 +165,37 @@ def is_symlink(path: str) -> bool:
         raise
 
 
+# uid_t/gid_t are 32-bit and (uid_t)-1 tells chown "leave unchanged": the largest real id is 2**32 - 2.
+MAX_ID = 2**32 - 2
+_SIGNED_INT = re.compile(r"[+-]?[0-9]+")
+
+
+def check_id(value, what: str) -> int:
+    """``value`` (an int or a string of digits) as a valid uid/gid, else one clear HyHomeError.
+
+    Called while planning, so a bad id fails before anything is created."""
+    if isinstance(value, bool) or not isinstance(value, int | str) or (
+            isinstance(value, str) and not _SIGNED_INT.fullmatch(value.strip())):
+        raise HyHomeError(f"{what} {value!r} is not a number")
+    n = int(value)
+    if n < 0:
+        raise HyHomeError(f"{what} {value!r} must not be negative")
+    if n > MAX_ID:
+        raise HyHomeError(f"{what} {value!r} is too large: ids go up to {MAX_ID}")
+    return n
+
+
 def resolve_owner(owner, group=None) -> tuple[int, int]:
-    """Turn user/group names or numbers into (uid, gid); -1 where not given. Unknown names raise."""
+    """Turn user/group names or numbers into (uid, gid); -1 where not given. Unknown names and
+    numbers out of range (negative, or beyond 32 bits) raise."""
     import grp
     import pwd
 
     def _id(value, lookup, what, unit):
         if value is None or value == "":
             return -1
-        if isinstance(value, int) or str(value).isdigit():
-            return int(value)
+        if isinstance(value, int) or _SIGNED_INT.fullmatch(str(value).strip()):
+            return check_id(value, what)
         try:
             return lookup(str(value))[2]
         except KeyError:

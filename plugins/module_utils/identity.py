@@ -33,13 +33,13 @@ import fnmatch
 import io
 import json
 import os
-import subprocess
 import tarfile
 import uuid
 from dataclasses import dataclass
 
+from ansible_collections.hyhome.bootstrap.plugins.module_utils import procs
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyHomeError
-from ansible_collections.hyhome.bootstrap.plugins.module_utils.fileops import resolve_owner
+from ansible_collections.hyhome.bootstrap.plugins.module_utils.fileops import MAX_ID, check_id, resolve_owner
 
 # The user each image's processes run as, "uid:gid", for images that start as root and drop to a
 # fixed user (neither ``user:`` nor ``Config.User`` says so) and for images whose user must be
@@ -141,12 +141,16 @@ class ImageMissing(Exception):
     """The image is not present on the engine (not pulled or built yet)."""
 
 
+def _valid_id(text: str) -> bool:
+    return text.isdigit() and int(text) <= MAX_ID
+
+
 def parse_passwd(text: str) -> dict[str, tuple[int, int]]:
     """``name -> (uid, gid)`` from an /etc/passwd text; bad lines are ignored."""
     out = {}
     for line in text.splitlines():
         parts = line.split(":")
-        if len(parts) >= 4 and parts[2].isdigit() and parts[3].isdigit():
+        if len(parts) >= 4 and _valid_id(parts[2]) and _valid_id(parts[3]):
             out.setdefault(parts[0], (int(parts[2]), int(parts[3])))
     return out
 
@@ -156,7 +160,7 @@ def parse_group(text: str) -> dict[str, int]:
     out = {}
     for line in text.splitlines():
         parts = line.split(":")
-        if len(parts) >= 3 and parts[2].isdigit():
+        if len(parts) >= 3 and _valid_id(parts[2]):
             out.setdefault(parts[0], int(parts[2]))
     return out
 
@@ -206,11 +210,11 @@ class DockerImages:
         if self.docker_host:
             env["DOCKER_HOST"] = self.docker_host
         try:
-            res = subprocess.run([self.docker_cli, *args], capture_output=True, env=env, check=False, timeout=120)
+            res = procs.run([self.docker_cli, *args], env=env, timeout=120, text=False)
         except FileNotFoundError:
             raise HyHomeError("neither the docker SDK for Python nor the docker CLI is available "
                               "to inspect images; set an owner override instead") from None
-        except subprocess.TimeoutExpired:
+        except procs.CommandTimeout:
             raise HyHomeError(f"docker {args[0]} did not answer within 120s") from None
         if res.returncode != 0:
             err = res.stderr.decode("utf-8", "replace").strip()
@@ -321,9 +325,9 @@ class LocalImages:
         self.calls += 1
         try:
             # Exits non-zero when any reference is missing; the present ones are still printed.
-            res = subprocess.run([self.docker_cli, "image", "inspect", "--format", fmt, *self.refs],
-                                 capture_output=True, text=True, check=False, timeout=self.timeout)
-        except (OSError, subprocess.TimeoutExpired):
+            res = procs.run([self.docker_cli, "image", "inspect", "--format", fmt, *self.refs],
+                            timeout=self.timeout)
+        except (OSError, procs.CommandTimeout):
             return users
         for line in res.stdout.splitlines():
             try:
@@ -417,9 +421,15 @@ def owner_spec(value, what: str) -> tuple[int, int | None]:
     if not isinstance(value, str):
         raise HyHomeError(f"{what}: {value!r} must be numeric 'uid' or 'uid:gid'")
     user, group = _split_user(value)
-    if not user.isdigit() or (group is not None and not group.isdigit()):
+    if not _looks_numeric(user) or (group is not None and not _looks_numeric(group)):
         raise HyHomeError(f"{what}: {value!r} must be numeric 'uid' or 'uid:gid'")
-    return int(user), (int(group) if group is not None else None)
+    return (check_id(user, f"{what}: uid"),
+            check_id(group, f"{what}: gid") if group is not None else None)
+
+
+def _looks_numeric(text: str) -> bool:
+    """Digits with an optional sign: a number (maybe out of range), never a user or group name."""
+    return text.lstrip("+-").isdigit()
 
 
 def override_identity(value, what: str, groups: tuple[int, ...] = ()) -> Identity:
@@ -437,17 +447,14 @@ def override_identity(value, what: str, groups: tuple[int, ...] = ()) -> Identit
         raise HyHomeError(f"{what}: {value!r} must be a mapping with owner/group or 'uid[:gid]'")
     if isinstance(uid, bool) or isinstance(gid, bool):
         raise HyHomeError(f"{what}: owner and group must be names or numbers")
-    if isinstance(uid, str) and not uid.isdigit():
+    if isinstance(uid, str) and not _looks_numeric(uid.strip()):
         uid, _ = resolve_owner(uid, None)
-    if isinstance(gid, str) and gid and not gid.isdigit():
+    if isinstance(gid, str) and gid and not _looks_numeric(gid.strip()):
         _, gid = resolve_owner(None, gid)
-    try:
-        uid = int(uid)
-        gid = uid if gid in (None, "") else int(gid)
-    except (TypeError, ValueError):
-        raise HyHomeError(f"{what}: owner {uid!r} / group {gid!r} is not a name or number") from None
-    if uid < 0 or gid < 0:
-        raise HyHomeError(f"{what}: owner and group must not be negative")
+    if not isinstance(uid, int | str) or not isinstance(gid, int | str | None):
+        raise HyHomeError(f"{what}: owner {uid!r} / group {gid!r} is not a name or number")
+    uid = check_id(uid, f"{what}: owner")
+    gid = uid if gid in (None, "") else check_id(gid, f"{what}: group")
     return Identity(uid, gid, "override", what, groups)
 
 
@@ -513,6 +520,12 @@ class IdentityResolver:
         user, group = _split_user(spec)
         if not user:
             raise HyHomeError(f"service {svc.name}: user {spec!r} has no user part")
+        # A signed or huge number is never a name to look up: refuse it here, while planning.
+        what = f"service {svc.name}: user {spec!r}:"
+        if _looks_numeric(user):
+            user = str(check_id(user, f"{what} uid"))
+        if group is not None and _looks_numeric(group):
+            group = str(check_id(group, f"{what} gid"))
         if user.isdigit() and (group is None or group.isdigit()):
             uid = int(user)
             gid = int(group) if group is not None else uid

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import functools
 import os
-import subprocess
 
+from ansible_collections.hyhome.bootstrap.plugins.module_utils import procs
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.fileops import SYSTEM_DIRS
 
 # Basenames with these suffixes are files: a missing one is reported, never created as a directory
@@ -73,9 +73,8 @@ def _tracked(project_dir: str) -> tuple[frozenset[str], frozenset[str]]:
     # the one running day0; fsmonitor off: ls-files must not start a program the repo configures.
     cmd = ["git", "-c", "safe.directory=*", "-c", "core.fsmonitor=false", "ls-files", "-z"]
     try:
-        proc = subprocess.run(cmd, cwd=project_dir, capture_output=True, timeout=GIT_TIMEOUT, env=env,
-                              check=False)
-    except (OSError, subprocess.TimeoutExpired):
+        proc = procs.run(cmd, cwd=project_dir, timeout=GIT_TIMEOUT, env=env, text=False)
+    except (OSError, procs.CommandTimeout):
         return frozenset(), frozenset()
     if proc.returncode != 0:
         return frozenset(), frozenset()

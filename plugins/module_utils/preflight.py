@@ -25,7 +25,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 
-from ansible_collections.hyhome.bootstrap.plugins.module_utils import compose_model, project_context
+from ansible_collections.hyhome.bootstrap.plugins.module_utils import compose_model, procs, project_context
 from ansible_collections.hyhome.bootstrap.plugins.module_utils import findings as shared
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_model import Location, Project
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyHomeError
@@ -237,21 +237,16 @@ def load_secrets_registry(path: str | None) -> tuple[dict[str, dict], str | None
     Preflight only needs ``kind: provided`` (a person must supply the value), ``optional`` and
     ``hint``. Accepts the mapping at the top level or under ``secrets:``. Absent file: ({}, None).
     """
-    if not path or not os.path.exists(path):
+    if not path or not os.path.lexists(path):
         return {}, None
-    import yaml  # the compose model needs it already
-
     try:
-        with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh) or {}
-    except OSError as exc:
-        return {}, f"cannot be read: {exc.strerror}"
-    except yaml.YAMLError as exc:
-        return {}, f"is not valid YAML: {str(exc).splitlines()[0]}"
+        data = compose_model.load_yaml_file(path, "secrets registry") or {}
+    except compose_model.UnusableFile as exc:
+        return {}, exc.reason
     if isinstance(data, dict) and isinstance(data.get("secrets"), dict):
         data = data["secrets"]
     if not isinstance(data, dict):
-        return {}, "is not a mapping of secret names to entries"
+        return {}, "secrets registry is not a mapping of secret names to entries"
     return {str(k): v for k, v in data.items() if isinstance(v, dict)}, None
 
 
@@ -345,7 +340,7 @@ def _published_ports(project: Project) -> list[tuple[str, str, int, list[str]]]:
                 continue
             key = ((p.protocol or "tcp").lower(), p.host_ip or "", int(p.published))
             names = seen.setdefault(key, [])
-            if svc.name not in names:
+            if not names or names[-1] != svc.name:   # a service's ports come together
                 names.append(svc.name)
     return sorted(((k[0], k[1], k[2], sorted(v)) for k, v in seen.items()), key=lambda t: (t[2], t[0], t[1]))
 
@@ -400,8 +395,7 @@ def _explain_docker_error(exc: BaseException) -> str:
 
 def _compose_probe(facts: HostFacts, docker_cli: str, project: Project | None = None) -> None:
     def version() -> dict:
-        res = subprocess.run([docker_cli, "compose", "version", "--short"], capture_output=True, text=True,
-                             timeout=60, check=False)
+        res = procs.run([docker_cli, "compose", "version", "--short"], timeout=60)
         return {"returncode": res.returncode, "stdout": res.stdout}
 
     try:
@@ -414,7 +408,7 @@ def _compose_probe(facts: HostFacts, docker_cli: str, project: Project | None = 
     except FileNotFoundError:
         facts.compose_error = f"the docker CLI ({docker_cli}) is not installed"
         return
-    except (OSError, subprocess.TimeoutExpired) as exc:
+    except (OSError, procs.CommandTimeout) as exc:
         facts.compose_error = f"`{docker_cli} compose version` failed: {exc}"
         return
     if res.returncode == 0 and parse_version(res.stdout.strip()):
@@ -422,11 +416,10 @@ def _compose_probe(facts: HostFacts, docker_cli: str, project: Project | None = 
         return
     v1 = None
     try:
-        r1 = subprocess.run(["docker-compose", "version", "--short"], capture_output=True, text=True, timeout=60,
-                            check=False)
+        r1 = procs.run(["docker-compose", "version", "--short"], timeout=60)
         if r1.returncode == 0:
             v1 = r1.stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
+    except (OSError, procs.CommandTimeout):
         pass
     if v1 and (parse_version(v1) or (0,))[0] < 2:
         facts.compose_error = f"only the old Compose v1 (docker-compose {v1}) is installed; the v2 plugin is missing"
@@ -710,6 +703,7 @@ def _env_needs(project: Project) -> dict[str, dict]:
     from ansible_collections.hyhome.bootstrap.plugins.module_utils.env_file import substitutes_empty
 
     needs: dict[str, dict] = {}
+    seen: set[tuple[str, str]] = set()    # (name, where): one variable may be referenced by every service
     for ref in project.env_refs:
         if ref.has_default or substitutes_empty(ref):   # ${X:+alt} is "" by design when X is unset
             continue
@@ -718,7 +712,8 @@ def _env_needs(project: Project) -> dict[str, dict]:
         loc = ref.location
         if loc is not None:
             where = _rel(loc.file, project.working_dir) + (f":{loc.line}" if loc.line else "")
-            if where not in n["where"]:
+            if (ref.name, where) not in seen:
+                seen.add((ref.name, where))
                 n["where"].append(where)
                 n["locations"].append(loc)
     return needs
@@ -935,7 +930,7 @@ def _check_secrets(project: Project, registry: dict[str, dict] | None = None,
     for svc in project.services.values():
         for ref in svc.secrets:
             lst = used.setdefault(ref.source, [])
-            if svc.name not in lst:
+            if not lst or lst[-1] != svc.name:   # a service's secrets come together
                 lst.append(svc.name)
     out: list[Finding] = []
     counts = {"project.secrets": 0, "project.certs": 0}
@@ -966,7 +961,7 @@ def _bind_mounts(project: Project) -> dict[str, dict]:
                                   "host": True, "locations": []})
             b["locations"].append(m.location)
             b["host"] = b["host"] and classify(project, svc, m) == "host"
-            if svc.name not in b["services"]:
+            if not b["services"] or b["services"][-1] != svc.name:   # a service's mounts come together
                 b["services"].append(svc.name)
             b["targets"].append(m.target)
             if m.type != "bind":
@@ -1097,6 +1092,7 @@ def _check_external(project: Project, facts: HostFacts) -> tuple[list[Finding], 
     return out, counts
 
 
+@compose_model.quiet_gc()
 def run_checks(project: Project, facts: HostFacts, options: Options = Options()) -> list[Finding]:
     """Every finding for ``project`` on a host described by ``facts``, in stable order. Pure but for
     reading the project's files."""
@@ -1122,7 +1118,7 @@ def run_checks(project: Project, facts: HostFacts, options: Options = Options())
     findings += secret_findings
     if registry_problem:
         rel = _rel(registry_path, project.working_dir)
-        findings.append(Finding("project.secrets", BLOCKER, rel, f"secrets registry {registry_problem}",
+        findings.append(Finding("project.secrets", BLOCKER, rel, registry_problem,
                                 f"fix {rel}: the secrets step reads it", file=registry_path))
     findings += _check_binds(project, counts)
     ext_findings, ext_counts = _check_external(project, facts)
@@ -1232,6 +1228,8 @@ def load(project_dir: str, files=None, env_file=None, profiles=None, docker: str
     try:
         return compose_model.load_project(project_dir, files=files or None, env_file=env_file,
                                           profiles=profiles or None, docker=docker, cache=cache)
+    except compose_model.UnusableFile:
+        raise
     except HyHomeError as exc:
         # Bad input raises again here; otherwise docker itself is the problem and the raw files stand in.
         raw = compose_model.load_raw(project_dir, files=files or None, env_file=env_file)
@@ -1257,10 +1255,16 @@ def preflight(project_dir: str, files=None, env_file=None, profiles=None, docker
 
 
 def cli(argv=None) -> int:
-    """``preflight-compose.sh``: table on stdout, JSON report to --json, exit 1 when something blocks."""
+    """``preflight-compose.sh``: table on stdout, JSON report to --json; exit 1 when something blocks,
+    2 on bad input (one line on stderr, naming the file), 3 on an internal error (never a traceback)."""
+    return compose_model.guarded_cli("preflight", _cli, argv)
+
+
+def _cli(argv) -> int:
     ap = argparse.ArgumentParser(
         prog="preflight-compose.sh",
-        description="Report every missing prerequisite of a Compose project's first boot (read-only).")
+        description="Report every missing prerequisite of a Compose project's first boot (read-only).",
+        epilog=compose_model.EXIT_CODES_HELP)
     ap.add_argument("project_dir", nargs="?", default=os.environ.get("HYHOME_PROJECT_DIR") or ".",
                     help="the directory holding the root compose file (default: $HYHOME_PROJECT_DIR, else .)")
     ap.add_argument("-f", "--file", action="append", dest="files", help="compose file (repeatable)")
@@ -1282,21 +1286,14 @@ def cli(argv=None) -> int:
                    min_disk_free_gb=args.min_disk_free_gb, min_memory_available_mb=args.min_memory_available_mb,
                    check_ports=not args.no_ports, env_file=args.env_file,
                    secrets_registry_file=args.secrets_registry)
-    try:
-        res = preflight(args.project_dir, files=args.files, env_file=args.env_file, profiles=args.profiles,
-                        docker=args.docker, options=opts, deferred_steps=args.defer)
-        if args.json_path:
-            from ansible_collections.hyhome.bootstrap.plugins.module_utils.fileops import atomic_write
+    res = preflight(args.project_dir, files=args.files, env_file=args.env_file, profiles=args.profiles,
+                    docker=args.docker, options=opts, deferred_steps=args.defer)
+    if args.json_path:
+        from ansible_collections.hyhome.bootstrap.plugins.module_utils.fileops import atomic_write
 
-            atomic_write(args.json_path, (json.dumps(res.report, indent=2) + "\n").encode(), 0o644)
-    except HyHomeError as exc:
-        print(f"preflight: {exc.msg}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"preflight: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
+        atomic_write(args.json_path, (json.dumps(res.report, indent=2) + "\n").encode(), 0o644)
     table = render_table(res.project, res.findings, args.defer, problems_only=True) if args.quiet else res.table
     print("\n".join(table))
     if args.json_path:
         print(f"JSON report: {args.json_path}")
-    return 1 if res.blocking else 0
+    return compose_model.EXIT_FINDINGS if res.blocking else compose_model.EXIT_OK

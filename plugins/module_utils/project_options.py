@@ -64,6 +64,19 @@ def load(params: dict, check_mode: bool = False):
     return load_project(params["project_dir"], cache=cache_mode(check_mode), **project_kwargs(params))
 
 
+def raise_if_rejected(project, project_dir) -> None:
+    """One clear line when ``docker compose config`` rejected the project: its error lines only,
+    not the warnings (unset variables, obsolete ``version:``) printed before them."""
+    if not project.config_error:
+        return
+    from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_model import split_compose_stderr
+    from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyHomeError
+
+    errors = split_compose_stderr(project.config_error)[0]
+    raise HyHomeError(f"docker compose rejects the project in {project_dir}: "
+                      + ("; ".join(errors) or "no error line (run `docker compose config` there)"))
+
+
 def context_result(project) -> dict:
     """The ``project_context`` return value: was the context reused (hit) or computed (miss)."""
     context = getattr(project, "context", None) or {}

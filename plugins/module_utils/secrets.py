@@ -18,6 +18,7 @@ Values never leave this module except into files: results carry names, paths and
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import hmac
 import math
@@ -29,13 +30,18 @@ import string
 import uuid
 from dataclasses import dataclass, field
 
+from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_model import (
+    RESOURCE_NAME_MAX,
+    RESOURCE_NAME_RE,
+    check_resource_name,
+)
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyHomeError
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.fileops import (
     atomic_write,
     ensure_within,
     fsync_dir,
+    own_temps,
     refuse_dangerous,
-    remove_stale_temps,
     resolve_owner,
 )
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.identity import offline_resolver
@@ -55,11 +61,16 @@ HTPASSWD_SCHEMES = ("bcrypt", "apr1", "sha512_crypt")
 # base64/token; ``size`` is the RSA modulus in bits.
 DEFAULT_LENGTH = {"password": 32, "hex": 64, "base64": 32, "token": 32}
 MIN_LENGTH = {"password": 16, "hex": 32, "base64": 16, "token": 16}
+# Ceilings keep a hostile or mistyped registry from running for minutes (``length: 100000000``):
+# 4096 characters (password, hex) or random bytes (base64, token) is far past any real use.
+MAX_LENGTH = 4096
 MIN_PASSWORD_BITS = 80
 DEFAULT_RSA_SIZE = 3072
 MIN_RSA_SIZE = 2048
+MAX_RSA_SIZE = 8192
 DEFAULT_ROUNDS = {"bcrypt": 12, "sha512_crypt": 5000}
 MIN_ROUNDS = {"bcrypt": 10, "sha512_crypt": 5000}
+MAX_ROUNDS = {"bcrypt": 16, "sha512_crypt": 1_000_000}
 
 NAMED_CHARSETS = {
     "alnum": string.ascii_letters + string.digits,
@@ -113,9 +124,10 @@ NAME_KIND_RULES: tuple[tuple[str, str, str], ...] = (
      "an account name (readable, not random characters)"),
 )
 
-# A secret name is a file name in the controller store and a key in results: one path component.
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-NAME_MAX = 200
+# A secret name is a file name in the controller store and a key in results: one path component,
+# by the rule compose names and registry names share (compose_model.check_resource_name).
+NAME_PATTERN = RESOURCE_NAME_RE
+NAME_MAX = RESOURCE_NAME_MAX
 
 HISTORY_DIR = ".history"
 PLACEHOLDER_PREFIX = b"hyhome-placeholder:"
@@ -174,12 +186,12 @@ class SecretSpec:
 
 
 def _as_int(name: str, key: str, value) -> int:
-    if isinstance(value, bool):
-        raise HyHomeError(f"secret {name}: {key} must be an integer, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int | str) or (isinstance(value, str) and len(value) > 20):
+        raise HyHomeError(f"secret {name}: {key} must be an integer, got {_shown(value)}")
     try:
         return int(value)
-    except (TypeError, ValueError):
-        raise HyHomeError(f"secret {name}: {key} must be an integer, got {value!r}") from None
+    except ValueError:
+        raise HyHomeError(f"secret {name}: {key} must be an integer, got {_shown(value)}") from None
 
 
 def parse_mode(name: str, value) -> int | None:
@@ -193,9 +205,9 @@ def parse_mode(name: str, value) -> int | None:
         try:
             mode = int(text, 8)
         except ValueError:
-            raise HyHomeError(f"secret {name}: mode {value!r} is not an octal file mode such as '0440'") from None
+            raise HyHomeError(f"secret {name}: mode {_shown(value)} is not an octal file mode such as '0440'") from None
     if mode < 0 or mode > 0o7777:
-        raise HyHomeError(f"secret {name}: mode {value!r} is out of range")
+        raise HyHomeError(f"secret {name}: mode {_shown(value)} is out of range")
     if mode & 0o007:
         raise HyHomeError(f"secret {name}: mode {mode:04o} lets every user on the host read or write the secret; "
                           "use 0400 or 0440 (with a group)")
@@ -222,17 +234,9 @@ def resolve_charset(name: str, value) -> str:
 
 
 def validate_name(name, where: str) -> str:
-    """A secret name from a project or a registry, checked before it names any file.
-
-    Names become file names in the controller store and history keys, so they must be one plain
-    path component: letters, digits, ``.``, ``_`` and ``-``, starting with a letter or digit (the
-    rule Compose applies to its own resource names), never ``..``."""
-    text = name if isinstance(name, str) else ""
-    if (not NAME_PATTERN.fullmatch(text) or ".." in text or len(text) > NAME_MAX):
-        raise HyHomeError(f"secret name {name!r} ({where}) is not allowed: a secret name is used as a file name, "
-                          f"so it must be 1-{NAME_MAX} letters, digits, '.', '_' or '-', start with a letter or "
-                          "digit, and contain no '/' and no '..'; rename the secret")
-    return text
+    """A secret name from a project or a registry, checked before it names any file (names become
+    file names in the controller store and history keys): :func:`check_resource_name`."""
+    return check_resource_name("secret", name, where)
 
 
 def infer_kind(name: str) -> tuple[str, str] | None:
@@ -254,9 +258,12 @@ def _length_settings(name: str, kind: str, entry: dict) -> dict:
     kw: dict = {}
     if kind in DEFAULT_LENGTH:
         length = _as_int(name, "length", entry["length"]) if entry.get("length") is not None else DEFAULT_LENGTH[kind]
+        unit = "characters" if kind in ("password", "hex") else "random bytes"
         if length < MIN_LENGTH[kind]:
-            unit = "characters" if kind in ("password", "hex") else "random bytes"
             raise HyHomeError(f"secret {name}: length {length} is below the floor of {MIN_LENGTH[kind]} {unit} "
+                              f"for kind {kind}")
+        if length > MAX_LENGTH:
+            raise HyHomeError(f"secret {name}: length {length} is above the limit of {MAX_LENGTH} {unit} "
                               f"for kind {kind}")
         kw["length"] = length
     if kind == "password":
@@ -279,6 +286,8 @@ def _key_settings(name: str, kind: str, entry: dict) -> dict:
         size = _as_int(name, "size", entry["size"]) if entry.get("size") is not None else DEFAULT_RSA_SIZE
         if size < MIN_RSA_SIZE:
             raise HyHomeError(f"secret {name}: RSA size {size} is below the floor of {MIN_RSA_SIZE} bits")
+        if size > MAX_RSA_SIZE:
+            raise HyHomeError(f"secret {name}: RSA size {size} is above the limit of {MAX_RSA_SIZE} bits")
         kw["size"] = size
     if kind in ("rsa", "ed25519"):
         kw["public_key"] = bool(entry.get("public_key", True))
@@ -306,6 +315,8 @@ def _htpasswd_settings(name: str, entry: dict) -> dict:
         rounds = _as_int(name, "rounds", rounds)
         if scheme in MIN_ROUNDS and rounds < MIN_ROUNDS[scheme]:
             raise HyHomeError(f"secret {name}: {scheme} rounds {rounds} is below the floor of {MIN_ROUNDS[scheme]}")
+        if scheme in MAX_ROUNDS and rounds > MAX_ROUNDS[scheme]:
+            raise HyHomeError(f"secret {name}: {scheme} rounds {rounds} is above the limit of {MAX_ROUNDS[scheme]}")
     return {"source": validate_name(source, f"source of {name}"), "scheme": scheme, "username": username,
             "rounds": rounds if rounds is not None else DEFAULT_ROUNDS.get(scheme)}
 
@@ -340,21 +351,73 @@ def _spec_from(name: str, path: str, relpath: str, origin: str, entry: dict, def
     )
 
 
-def _checked_registry(registry: dict | None) -> dict:
-    """The registry with every name checked, every entry a mapping with known keys only."""
+# The type each registry key takes (checked before any value is used, so a nested or aliased YAML
+# structure never reaches str() or a message). Booleans also accept yes/no/true/false strings.
+_INT_OR_STR = (int, str)
+REGISTRY_TYPES: dict[str, tuple[type, ...]] = {
+    "kind": (str,), "file": _INT_OR_STR, "length": _INT_OR_STR, "charset": (str, list), "size": _INT_OR_STR,
+    "source": (str,), "username": _INT_OR_STR, "scheme": (str,), "rounds": _INT_OR_STR, "owner": _INT_OR_STR,
+    "group": _INT_OR_STR, "mode": _INT_OR_STR, "consumers": (list,), "persistent": (bool, str, int),
+    "optional": (bool, str, int), "public_key": (bool, str, int), "public_format": (str,), "hint": (str,),
+    "description": (str,),
+}
+_BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+
+
+def _checked_value(name: str, key: str, value, where: str):
+    """One registry value of the right type (booleans normalised), else a one-line error."""
+    want = REGISTRY_TYPES[key]
+    ok = isinstance(value, want) and not (isinstance(value, bool) and bool not in want)
+    if ok and isinstance(value, list):
+        ok = all(isinstance(v, _INT_OR_STR) and not isinstance(v, bool) for v in value)
+    if not ok:
+        names = " or ".join("a list of strings" if t is list else {"str": "a string", "int": "an integer",
+                                                                     "bool": "true/false"}[t.__name__] for t in want)
+        raise HyHomeError(f"secrets registry entry {name!r} ({where}): {key} must be {names}, "
+                          f"got {type(value).__name__}")
+    if bool in want and not isinstance(value, bool):
+        word = str(value).strip().lower()
+        if word not in _BOOL_WORDS:
+            raise HyHomeError(f"secrets registry entry {name!r} ({where}): {key} must be true or false, "
+                              f"got {_shown(value)}")
+        return _BOOL_WORDS[word]
+    return value
+
+
+def _shown(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _checked_registry(registry: dict | None, where: str = "secrets registry") -> dict:
+    """The registry with every name checked, every entry a mapping with known keys of the right
+    types only. ``where`` names the file or option the entries come from, for the messages."""
+    if registry is not None and not isinstance(registry, dict):
+        raise HyHomeError(f"{where} must be a mapping of secret names to entries, got {type(registry).__name__}")
     out = {}
     for name, entry in (registry or {}).items():
-        validate_name(name, "secrets registry")
+        validate_name(name, where)
         if entry is None:
             entry = {}
         elif not isinstance(entry, dict):
-            raise HyHomeError(f"secrets registry entry {name!r} must be a mapping, got {type(entry).__name__}")
-        unknown = set(entry) - REGISTRY_KEYS
+            raise HyHomeError(f"secrets registry entry {name!r} ({where}) must be a mapping, "
+                              f"got {type(entry).__name__}")
+        unknown = [k for k in entry if k not in REGISTRY_KEYS]
         if unknown:
-            raise HyHomeError(f"secrets registry entry {name!r}: unknown key(s) {', '.join(sorted(unknown))}; "
+            raise HyHomeError(f"secrets registry entry {name!r} ({where}): unknown key(s) "
+                              f"{', '.join(sorted(k[:40] if isinstance(k, str) else _shown(k, 40) for k in unknown))}; "
                               f"allowed: {', '.join(sorted(REGISTRY_KEYS))}")
-        out[name] = entry
+        out[name] = {k: (None if v is None else _checked_value(name, k, v, where)) for k, v in entry.items()}
     return out
+
+
+def merge_registry(file_entries: dict | None, file_path: str | None, option: dict | None) -> dict:
+    """The registry a run uses: the registry file's entries, the ``registry`` option winning key by
+    key. Each side is checked where it was written, so an error names the file or the option."""
+    merged = dict(_checked_registry(file_entries, f"registry_file {file_path}"))
+    for name, entry in _checked_registry(option, "registry option").items():
+        merged[name] = {**merged.get(name, {}), **entry}
+    return merged
 
 
 def _compose_declared(project) -> tuple[dict[str, str], dict[str, set[str]]]:
@@ -368,8 +431,16 @@ def _compose_declared(project) -> tuple[dict[str, str], dict[str, set[str]]]:
             consumers.setdefault(ref.source, set()).add(svc.name)
     for name, sec in project.secrets.items():
         if sec.file and not sec.external and not sec.environment:
-            files[validate_name(name, "compose secrets:")] = sec.file
+            files[validate_name(name, f"compose secrets: in {_declared_in(project, sec)}")] = sec.file
     return files, consumers
+
+
+def _declared_in(project, sec) -> str:
+    """``file:line`` of a compose secret's declaration, else the project's root compose file."""
+    loc = getattr(sec, "location", None)
+    if loc is not None:
+        return f"{loc.file}:{loc.line}" if loc.line else loc.file
+    return project.files[0] if getattr(project, "files", None) else getattr(project, "working_dir", "the project")
 
 
 def _place(root: str, name: str, file: str, what: str) -> tuple[str, str]:
@@ -557,31 +628,48 @@ def readers_for(spec: SecretSpec, project, identities, default: tuple[int, int] 
     return sorted(out, key=lambda r: (r.source == "unresolved", r.service))
 
 
-def data_held_by_consumers(spec: SecretSpec, project) -> list[str]:
+def data_held_by_consumers(spec: SecretSpec, project, secrets_dir: str | None = None) -> list[str]:
     """The data directories of ``spec``'s consumers that already hold files ("service:path"),
     i.e. where a value generated anew would not match what the data was made with.
 
     Only real data counts (``mounts.classify`` == "data": writable, not tracked by git, not a file
-    nor declared config): the dashboards or provisioning a fresh clone ships are not data."""
+    nor declared config): the dashboards or provisioning a fresh clone ships are not data. Nor is
+    the secrets tree (``secrets_dir``) when a consumer mounts it or a directory above it: what this
+    job wrote, in an earlier or a failed run, is never the consumer's data."""
     if project is None:
         return []
+    ours = os.path.normpath(os.path.abspath(secrets_dir)) if secrets_dir else None
     held = []
     for name in spec.consumers:
         svc = project.services.get(name)
         for m in svc.mounts if svc is not None else ():
             if (m.host_path and os.path.isdir(m.host_path) and classify(project, svc, m) == "data"
-                    and _holds_files(m.host_path)):
+                    and _holds_files(m.host_path, ours)):
                 held.append(f"{name}:{m.host_path}")
     return sorted(set(held))
 
 
-def _holds_files(path: str) -> bool:
-    """Anything in the directory but the placeholders a repository keeps empty directories with."""
+def _holds_files(path: str, ours: str | None = None) -> bool:
+    """Anything in the directory but the placeholders a repository keeps empty directories with,
+    and but the tree ``ours`` (the secrets directory) and the directories leading to it."""
+    path = os.path.normpath(os.path.abspath(path))
+    if ours is not None and (path == ours or path.startswith(ours.rstrip("/") + "/")):
+        return False
     try:
         with os.scandir(path) as it:
-            return any(e.name not in PLACEHOLDER_NAMES for e in it)
+            for e in it:
+                if e.name in PLACEHOLDER_NAMES:
+                    continue
+                if ours is not None and ours.startswith(e.path + "/") and e.is_dir(follow_symlinks=False):
+                    if _holds_files(e.path, ours):
+                        return True
+                    continue
+                if ours is not None and e.path == ours:
+                    continue
+                return True
     except OSError:
         return False
+    return False
 
 
 # --------------------------------------------------------------------------------------------
@@ -805,12 +893,40 @@ def read_current(spec_name: str, path: str) -> Current:
         raise HyHomeError(f"secret {spec_name}: {path} is a non-empty directory, not a file")
     if not stat.S_ISREG(st.st_mode):
         raise HyHomeError(f"secret {spec_name}: {path} is not a regular file")
+    refuse_hard_link(spec_name, path, st)
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     with os.fdopen(fd, "rb") as fh:
         value = fh.read()
     if not value.strip():
         return Current(False, None, st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode), empty_file=True)
     return Current(True, value, st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode))
+
+
+def refuse_hard_link(spec_name: str, path: str, st: os.stat_result) -> None:
+    """A secret file with other names (hard links) shares its inode with a file that may sit outside
+    the secrets tree: giving it the container's owner and mode would give them to that file too."""
+    if st.st_nlink > 1:
+        raise HyHomeError(f"secret {spec_name}: {path} has {st.st_nlink} hard links, so it is the same file as "
+                          "another name that may be outside the secrets tree and would get the container's owner "
+                          "and mode; replace it with a copy of its own (cp, then mv over it)")
+
+
+def check_secrets_dir(secrets_dir: str, project_dir: str | None) -> str:
+    """The secrets tree, refused when it lies in the project but a symlink (the directory itself or
+    any component between the project and it) makes it resolve outside the project: the project
+    must not point its secrets, and the owners and modes given to them, elsewhere."""
+    root = os.path.normpath(os.path.abspath(secrets_dir))
+    if not project_dir:
+        return root
+    proj = os.path.normpath(os.path.abspath(project_dir))
+    if root != proj and not root.startswith(proj.rstrip("/") + "/"):
+        return root   # chosen by the inventory, not by the project
+    real, proj_real = os.path.realpath(root), os.path.realpath(proj)
+    if real != proj_real and not real.startswith(proj_real.rstrip("/") + "/"):
+        raise HyHomeError(f"refusing secrets directory {root}: a symlink makes it resolve to {real}, outside the "
+                          f"project {proj}; replace the link with a directory, or set secrets_dir to {real} if "
+                          "that tree is meant to hold the secrets")
+    return root
 
 
 def history_dir(secrets_dir: str, relpath: str) -> str:
@@ -833,11 +949,6 @@ def latest_current(entries: list[str]) -> str | None:
         if path.rsplit("-", 1)[-1].split(".")[0] == "current":
             return path
     return None
-
-
-def _is_temp(name: str) -> bool:
-    """A temp file atomic_write left behind when its writer was killed."""
-    return name.startswith(".") and ".tmp" in name
 
 
 def _read(path: str) -> bytes:
@@ -916,13 +1027,13 @@ class Plan:
     items: list[Item]
     dirs_to_create: list[str]
     dirs_to_restrict: list[tuple[str, int]]     # (path, new mode)
-    stale_temp_dirs: list[tuple[str, str | None]]   # (dir, base or None for a history dir) with
-    # leftovers of a crashed writer
+    stale_temps: list[str]                      # our own temp files a killed writer left (paths)
     warnings: list[str] = field(default_factory=list)
+    written: list[str] = field(default_factory=list)   # paths apply() has written or changed so far
 
     @property
     def changed(self) -> bool:
-        return bool(self.dirs_to_create or self.dirs_to_restrict or self.stale_temp_dirs
+        return bool(self.dirs_to_create or self.dirs_to_restrict or self.stale_temps
                     or any(i.changed for i in self.items))
 
     def recreate_services(self) -> list[str]:
@@ -960,6 +1071,9 @@ class Plan:
         for d, mode in self.dirs_to_restrict:
             before.append(f"{d}/: readable by others")
             after.append(f"{d}/: mode {mode:04o}")
+        for t in self.stale_temps:
+            before.append(f"{t}: temp file left by an interrupted run")
+            after.append(f"{t}: removed")
         return {"before": "\n".join(before) + ("\n" if before else ""),
                 "after": "\n".join(after) + ("\n" if after else ""),
                 "before_header": "secrets (names and actions only)", "after_header": "secrets (names and actions only)"}
@@ -999,7 +1113,7 @@ def describe_missing(specs: list[SecretSpec]) -> list[str]:
     lines = []
     for s in specs:
         users = f", read by {', '.join(s.consumers)}" if s.consumers else ""
-        hint = f" ({s.hint})" if s.hint else ""
+        hint = f" ({' '.join(s.hint.split())})" if s.hint else ""
         lines.append(f"{s.name}{hint}: put the value in {s.path}{users}")
     return lines
 
@@ -1047,15 +1161,17 @@ class _Run:
 
 def plan(specs: list[SecretSpec], secrets_dir: str, project=None, *, rotate=(), restore=(), seed=None,
          default_owner=0, default_group=0, shared_group=None, manage_dir_modes: bool = True,
-         identities=None) -> Plan:
+         identities=None, project_dir: str | None = None) -> Plan:
     """Decide everything (reading only). Raises HyHomeError for any bad input, listing every
     missing provided secret at once.
 
     ``identities`` answers which uid:gid each consumer runs as (an IdentityResolver; default: one
     that never asks an engine). ``default_owner``/``default_group`` own secrets nobody reads and
-    stand in for consumers whose identity nothing resolves."""
+    stand in for consumers whose identity nothing resolves. ``project_dir`` (default: the
+    project's) bounds where a secrets tree inside it may resolve to (:func:`check_secrets_dir`)."""
     secrets_dir = os.path.abspath(secrets_dir)
     refuse_dangerous(secrets_dir, "secrets directory")
+    check_secrets_dir(secrets_dir, project_dir or getattr(project, "working_dir", None))
     default_uid, default_gid = (0 if v == -1 else v for v in resolve_owner(default_owner, default_group))
     shared_gid = resolve_owner(None, shared_group)[1] if shared_group not in (None, "") else None
     identities = identities if identities is not None else offline_resolver()
@@ -1104,8 +1220,8 @@ def _refuse_missing_provided(specs: list[SecretSpec], seed: dict, currents: dict
     if missing:
         raise HyHomeError(
             f"{len(missing)} provided secret(s) missing; only a person can supply them, nothing was "
-            "changed:\n" + "\n".join(f"  - {line}" for line in describe_missing(missing))
-            + "\nWrite each value to its file (one line, no trailing newline needed), or mark the secret "
+            "changed: " + "; ".join(describe_missing(missing))
+            + ". Write each value to its file (one line, no trailing newline needed), or mark the secret "
               "optional: true in the secrets registry to get a placeholder.")
 
 
@@ -1123,7 +1239,7 @@ def _refuse_lost_persistent(specs: list[SecretSpec], currents: dict, run: _Run) 
     for s in specs:
         if not _lost_for_good(s, currents[s.name], run):
             continue
-        holders = data_held_by_consumers(s, run.project)
+        holders = data_held_by_consumers(s, run.project, run.secrets_dir)
         if holders:
             refused.append(
                 f"{s.name} is missing and has no history to restore it from, but its consumers already hold "
@@ -1131,8 +1247,8 @@ def _refuse_lost_persistent(specs: list[SecretSpec], currents: dict, run: _Run) 
                 f"Put the old value back in {s.path} (backup or controller store), or, to start that "
                 f"data afresh on purpose, empty the directories listed")
     if refused:
-        raise HyHomeError("refusing to generate a different value for a persistent secret, nothing was changed:\n"
-                          + "\n".join(f"  - {r}" for r in refused))
+        raise HyHomeError("refusing to generate a different value for a persistent secret, nothing was changed: "
+                          + "; ".join(refused))
 
 
 def _decide(s: SecretSpec, cur: Current, items: dict, run: _Run) -> Item:
@@ -1322,8 +1438,11 @@ def _plan_dirs(specs: list[SecretSpec], items: list[Item], secrets_dir: str,
         while d.startswith(secrets_dir) and d not in dirs:
             dirs.add(d)
             d = os.path.dirname(d)
-    if any(i.history for i in items):
-        dirs.add(os.path.join(secrets_dir, HISTORY_DIR))
+    hist_root = os.path.join(secrets_dir, HISTORY_DIR)
+    if any(i.history for i in items) or os.path.lexists(hist_root):
+        dirs.add(hist_root)
+    for s in specs:   # history is written there: no symlinked component may lead out of the tree
+        ensure_within(secrets_dir, history_dir(secrets_dir, s.relpath), f"history folder of secret {s.name}")
     create, restrict = [], []
     for d in sorted(dirs):
         try:
@@ -1341,19 +1460,18 @@ def _plan_dirs(specs: list[SecretSpec], items: list[Item], secrets_dir: str,
     return create, restrict
 
 
-def _stale_temps(specs: list[SecretSpec], secrets_dir: str) -> list[tuple[str, str | None]]:
-    """Leftovers of a killed writer next to secret files and in their history folders."""
-    temps = []
+def _stale_temps(specs: list[SecretSpec], secrets_dir: str) -> list[str]:
+    """Our own temp files (fileops.own_temps: unmistakably named) a killed writer left next to
+    secret files and in their history folders; nobody else's file is ever taken for one."""
+    temps: set[str] = set()
     for s in specs:
         d = os.path.dirname(s.path)
         base = os.path.basename(s.path)
         for b in (base, base + ".pub"):
-            if os.path.isdir(d) and any(n.startswith(f".{b}.tmp") for n in os.listdir(d)):
-                temps.append((d, b))
+            temps.update(os.path.join(d, n) for n in own_temps(d, b))
         hd = history_dir(secrets_dir, s.relpath)
-        if os.path.isdir(hd) and any(_is_temp(n) for n in os.listdir(hd)):
-            temps.append((hd, None))
-    return temps
+        temps.update(os.path.join(hd, n) for n in own_temps(hd))
+    return sorted(temps)
 
 
 def _seed_bytes(value) -> bytes:
@@ -1364,19 +1482,21 @@ def _seed_bytes(value) -> bytes:
 # Applying
 # --------------------------------------------------------------------------------------------
 
-def _makedirs(path: str) -> None:
+def _makedirs(path: str) -> bool:
+    """Create ``path`` (and missing parents) 0700; True when it was created."""
     parent = os.path.dirname(path)
     if not os.path.isdir(parent):
         _makedirs(parent)
     try:
         os.mkdir(path, DIR_MODE)
     except FileExistsError:
-        return
+        return False
     os.chmod(path, DIR_MODE)
     fsync_dir(parent)
+    return True
 
 
-def _write_history(secrets_dir: str, relpath: str, suffix: str, value: bytes) -> None:
+def _write_history(secrets_dir: str, relpath: str, suffix: str, value: bytes) -> str:
     d = history_dir(secrets_dir, relpath)
     if not os.path.isdir(d):
         _makedirs(d)
@@ -1386,38 +1506,75 @@ def _write_history(secrets_dir: str, relpath: str, suffix: str, value: bytes) ->
         path = os.path.join(d, f"{suffix}.{n}")
         n += 1
     atomic_write(path, value, 0o400, *((0, 0) if os.geteuid() == 0 else (-1, -1)))
+    return path
 
 
 def apply(p: Plan) -> None:
     """Perform a plan. Order per secret: history (old value kept) -> atomic write -> public key
-    -> owner/mode. A crash between steps leaves complete files only and is finished by a re-run."""
+    -> owner/mode. A crash between steps leaves complete files only and is finished by a re-run.
+
+    ``p.written`` lists every path written or changed so far, so a failure part-way can say what
+    it already did (the module reports it with ``changed: true``)."""
+    done = p.written
     for d in p.dirs_to_create:
-        _makedirs(d)
+        if _makedirs(d):
+            done.append(d + "/")
     for d, mode in p.dirs_to_restrict:
         os.chmod(d, mode)
-    for d, base in p.stale_temp_dirs:
-        if base is not None:
-            remove_stale_temps(d, base)
-            continue
-        for name in os.listdir(d):
-            if _is_temp(name):
-                os.unlink(os.path.join(d, name))
+        done.append(d + "/")
+    for t in p.stale_temps:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(t)
+            done.append(t)
     hist_root = os.path.join(p.secrets_dir, HISTORY_DIR)
-    if os.path.isdir(hist_root) and stat.S_IMODE(os.stat(hist_root).st_mode) != DIR_MODE:
+    st = _lstat(hist_root)
+    if st is not None and stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) != DIR_MODE:
         os.chmod(hist_root, DIR_MODE)
     root = os.geteuid() == 0
     for item in p.items:
         s, a = item.spec, item.access
         uid, gid = (a.uid, a.gid) if root else (-1, -1)
         for suffix, value in item.history:
-            _write_history(p.secrets_dir, s.relpath, suffix, value)
+            done.append(_write_history(p.secrets_dir, s.relpath, suffix, value))
         if item.value is not None:
             if item.remove_empty_dir:
                 os.rmdir(s.path)
             atomic_write(s.path, item.value, a.mode, uid, gid)
+            done.append(s.path)
         elif item.permissions:
-            if root:
-                os.chown(s.path, a.uid, a.gid, follow_symlinks=False)
-            os.chmod(s.path, a.mode)
+            _fix_access(s.name, s.path, a, root)
+            done.append(s.path)
         if item.public is not None:
             atomic_write(s.public_path, item.public, PUBLIC_MODE, uid, gid)
+            done.append(s.public_path)
+
+
+def _lstat(path: str) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+
+
+def _fix_access(name: str, path: str, a: Access, root: bool) -> None:
+    """Owner and mode of an existing secret file, set through a descriptor of the very file that
+    was checked: never through a symlink, never on an inode with another name (hard link)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    except PermissionError:   # not root and not readable: check the name, then chmod by name
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise HyHomeError(f"secret {name}: {path} is no longer a regular file") from None
+        refuse_hard_link(name, path, st)
+        os.chmod(path, a.mode)
+        return
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise HyHomeError(f"secret {name}: {path} is no longer a regular file")
+        refuse_hard_link(name, path, st)
+        if root:
+            os.fchown(fd, a.uid, a.gid)
+        os.fchmod(fd, a.mode)
+    finally:
+        os.close(fd)

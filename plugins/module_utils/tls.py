@@ -46,12 +46,15 @@ except ImportError as _exc:  # pragma: no cover - the module reports it with mis
     CRYPTOGRAPHY_IMPORT_ERROR = _exc
 
 KEY_TYPES = ("rsa", "ecdsa")
-RSA_SIZES = (2048, 3072, 4096)
+RSA_SIZES = (2048, 3072, 4096)  # the only sizes: larger keys cost minutes to generate and add nothing here
 CA_RSA_BITS = 3072
 LEAF_RSA_BITS = 2048
 CA_VALIDITY_YEARS = 10
 LEAF_VALIDITY = (2, 3)  # years, months: mkcert's "2 years 3 months", always under 825 days
 MAX_LEAF_DAYS = 825  # Apple's limit for TLS server certificates, custom roots included
+MAX_LONG_LEAF_DAYS = 3650  # hard ceiling even with allow_long_validity
+MAX_CA_DAYS = 7305  # 20 years: twice mkcert's CA lifetime, and far from datetime's range
+MAX_SANS = 100  # names per certificate (Let's Encrypt's limit too)
 DEFAULT_RENEW_BEFORE_DAYS = 30
 DEFAULT_CA_WARNING_DAYS = 180
 CA_CERT_FILE = "rootCA.pem"
@@ -149,6 +152,9 @@ def parse_sans(names) -> tuple[San, ...]:
             out.append(san)
     if not out:
         raise HyHomeError("no certificate names given: list at least one hostname or IP address")
+    if len(out) > MAX_SANS:
+        raise HyHomeError(f"{len(out)} certificate names given, at most {MAX_SANS} are allowed: "
+                          "use a '*.' wildcard or several certificates")
     return tuple(out)
 
 
@@ -185,6 +191,15 @@ def add_years_months(when: dt.datetime, years: int = 0, months: int = 0) -> dt.d
     return first + dt.timedelta(days=when.day - 1)
 
 
+def check_days(value, what: str, low: int, high: int) -> int:
+    """``value`` as an int within ``low..high`` days, else a HyHomeError naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise HyHomeError(f"{what} must be a whole number of days, got {value!r}")
+    if not low <= value <= high:
+        raise HyHomeError(f"{what} must be between {low} and {high} days, got {value}")
+    return value
+
+
 def _check_key(key_type: str, rsa_bits: int, what: str) -> None:
     if key_type not in KEY_TYPES:
         raise HyHomeError(f"unsupported {what} key type {key_type!r}: use one of {', '.join(KEY_TYPES)}")
@@ -207,8 +222,8 @@ class CAProfile:
 
     def __post_init__(self):
         _check_key(self.key_type, self.rsa_bits, "CA")
-        if self.validity_days is not None and self.validity_days < 1:
-            raise HyHomeError(f"CA validity must be at least one day, got {self.validity_days}")
+        if self.validity_days is not None:
+            check_days(self.validity_days, "the CA validity (validity_days)", 1, MAX_CA_DAYS)
         if not self.organization.strip():
             raise HyHomeError("the CA organization (O) must not be empty")
         for domain in self.permitted_dns:
@@ -255,15 +270,13 @@ class LeafProfile:
             raise HyHomeError("no certificate names given: list at least one hostname or IP address")
         _check_key(self.key_type, self.rsa_bits, "certificate")
         if self.validity_days is not None:
-            if self.validity_days < 1:
-                raise HyHomeError(f"certificate validity must be at least one day, got {self.validity_days}")
+            check_days(self.validity_days, "the certificate validity (validity_days)", 1, MAX_LONG_LEAF_DAYS)
             if self.validity_days > MAX_LEAF_DAYS and not self.allow_long_validity:
                 raise HyHomeError(
                     f"certificate validity of {self.validity_days} days is over the {MAX_LEAF_DAYS}-day limit "
                     "that Apple platforms (and soon browsers) enforce; lower it or set allow_long_validity"
                 )
-        if self.renew_before_days < 0:
-            raise HyHomeError(f"renew_before_days must not be negative, got {self.renew_before_days}")
+        check_days(self.renew_before_days, "renew_before_days", 0, MAX_LONG_LEAF_DAYS)
         if self.renew_before_days >= self.nominal_days:
             raise HyHomeError(
                 f"renew_before_days ({self.renew_before_days}) must be shorter than the validity "
@@ -508,6 +521,19 @@ def ca_status(cert, now: dt.datetime | None = None, warning_days: int = DEFAULT_
         "fingerprint_sha256": cert_fingerprint(cert),
         "key": "{}-{}".format(*key_kind(cert.public_key())),
     }
+
+
+def ca_unusable(cert, ca_dir: str, now: dt.datetime | None = None) -> str | None:
+    """Why the CA in ``ca_dir`` cannot sign today (expired, or not valid yet), or None."""
+    now = now or now_utc()
+    if cert.not_valid_after_utc <= now:
+        return (f"the local CA in {ca_dir} expired on {cert.not_valid_after_utc.isoformat()}: clients trust nothing "
+                "it signs. Create a new CA (local_ca regenerate=always, or tls_ca_regenerate=always), then "
+                "re-issue the certificates and re-install trust on every host")
+    if cert.not_valid_before_utc > now + dt.timedelta(minutes=5):
+        return (f"the local CA in {ca_dir} is not valid before {cert.not_valid_before_utc.isoformat()}: "
+                "check this machine's clock")
+    return None
 
 
 def ca_warning(status: dict) -> str | None:

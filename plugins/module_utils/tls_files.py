@@ -10,9 +10,11 @@ hand in their options and get back an :class:`Outcome`; the certificate logic it
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import functools
 import os
 import shutil
+import stat
 from dataclasses import dataclass, field
 
 from ansible_collections.hyhome.bootstrap.plugins.module_utils import identity, mounts, tls
@@ -59,6 +61,150 @@ def _within(parent: str, path: str) -> bool:
 
 
 # --------------------------------------------------------------------------------------------
+# Key and certificate files: never through a link
+#
+# Every key and certificate file (leaf, CA copy, CA) must be a regular file with one name. A symlink
+# would make us read, chown and chmod its target (the CA key, /etc/shadow); a hard link is the same
+# inode under another name, possibly outside the project. Both are refused with a message. Owner and
+# mode are changed with fchown/fchmod on a descriptor opened with O_NOFOLLOW and checked to be the
+# inode that was inspected, so a file swapped for a link between the check and the change is not
+# followed. New content goes through atomic_write (O_EXCL temp file, rename over the name).
+
+MAX_PEM_BYTES = 1 << 20  # a key or certificate is a few KB: a larger file is refused unread
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0)
+_KEY_MODE_BITS = 0o640  # owner read/write, group read: nothing for others, no execute or special bits
+
+
+def check_key_mode(mode: int, what: str = "mode") -> int:
+    """Refuse a private-key mode with any bit outside 0640, or without owner read."""
+    if mode & ~_KEY_MODE_BITS or not mode & 0o400:
+        raise HyHomeError(
+            f"refusing {what} {mode:04o} for a private key: it may grant the owner read (required) and write and "
+            "the group read, nothing else (0400, 0440, 0600 or 0640)"
+        )
+    return mode
+
+
+def check_cert_mode(mode: int, what: str = "cert_mode") -> int:
+    """Refuse a certificate mode that lets group or others replace it, or sets special bits."""
+    if mode & 0o7022 or not mode & 0o400:
+        raise HyHomeError(
+            f"refusing {what} {mode:04o} for a certificate: it must be readable by its owner, and neither group- "
+            "nor world-writable nor setuid/setgid/sticky (for example 0644)"
+        )
+    return mode
+
+
+def _lstat(path: str):
+    """``os.lstat(path)``, or None when nothing is there."""
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except NotADirectoryError:
+        raise HyHomeError(f"cannot use {path}: one of its parent directories is a file") from None
+
+
+def _refuse_link(st, path: str, what: str) -> None:
+    """Raise unless ``st`` (of ``path``) is a regular file with one name."""
+    if stat.S_ISLNK(st.st_mode):
+        raise HyHomeError(f"refusing {what} {path}: it is a symlink to {os.readlink(path)}; key and certificate "
+                          "files must be regular files (remove the link, a new file is written)")
+    if not stat.S_ISREG(st.st_mode):
+        raise HyHomeError(f"refusing {what} {path}: it is not a regular file")
+    if st.st_nlink > 1:
+        raise HyHomeError(f"refusing {what} {path}: it has {st.st_nlink} hard links, so the same file has another "
+                          "name, maybe outside the project; remove the other links (or this one) first")
+
+
+def _refuse_linked_dirs(root: str | None, path: str, what: str) -> None:
+    """Refuse a symlink (or non-directory) at any directory between ``root`` (not included) and ``path``.
+
+    Without ``root``, or for a path outside it, the file's own directory is checked.
+    """
+    path = os.path.normpath(path)
+    root = os.path.normpath(root) if root else None
+    if root and path.startswith(root.rstrip("/") + "/"):
+        parts = os.path.relpath(os.path.dirname(path), root).split(os.sep)
+        dirs = [] if parts == ["."] else [os.path.join(root, *parts[:i + 1]) for i in range(len(parts))]
+    else:
+        dirs = [os.path.dirname(path)]
+    for d in dirs:
+        st = _lstat(d)
+        if st is None:
+            return                      # created later by us, as real directories
+        if stat.S_ISLNK(st.st_mode):
+            raise HyHomeError(f"refusing {what} {path}: its directory {d} is a symlink to {os.readlink(d)}; the "
+                              "directories of key and certificate files must be real directories")
+        if not stat.S_ISDIR(st.st_mode):
+            raise HyHomeError(f"refusing {what} {path}: {d} is not a directory")
+
+
+def _open_checked(path: str, st, what: str) -> int:
+    """An O_NOFOLLOW descriptor of ``path``, checked to be the inode ``st`` describes."""
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise HyHomeError(f"refusing {what} {path}: it became a symlink while it was checked") from None
+        raise
+    fst = os.fstat(fd)
+    if (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino):
+        os.close(fd)
+        raise HyHomeError(f"refusing {what} {path}: it was replaced while it was checked; run again")
+    try:
+        _refuse_link(fst, path, what)
+    except HyHomeError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_pem_file(path: str, what: str):
+    """(content, lstat) of a key or certificate file, or (None, None) when absent. Never through a link."""
+    st = _lstat(path)
+    if st is None:
+        return None, None
+    _refuse_link(st, path, what)
+    if st.st_size > MAX_PEM_BYTES:
+        raise HyHomeError(f"refusing {what} {path}: {st.st_size} bytes, too large for a PEM key or certificate")
+    fd = _open_checked(path, st, what)
+    with os.fdopen(fd, "rb") as fh:
+        data = fh.read(MAX_PEM_BYTES + 1)
+    if len(data) > MAX_PEM_BYTES:
+        raise HyHomeError(f"refusing {what} {path}: too large for a PEM key or certificate")
+    return data, st
+
+
+def fix_attrs(path: str, what: str, mode: int, uid: int = -1, gid: int = -1,
+              check: bool = False) -> list[tuple[str, str, str]]:
+    """Give the file ``path`` its owner and mode through a no-follow descriptor.
+
+    Returns what differed, as ``(attribute, before, after)``; nothing is changed in check mode.
+    """
+    st = _lstat(path)
+    if st is None:
+        return []
+    _refuse_link(st, path, what)
+    want_uid = st.st_uid if uid == -1 else uid
+    want_gid = st.st_gid if gid == -1 else gid
+    changes = []
+    if (st.st_uid, st.st_gid) != (want_uid, want_gid):
+        changes.append((f"owner of {path}", f"{st.st_uid}:{st.st_gid}", f"{want_uid}:{want_gid}"))
+    if stat.S_IMODE(st.st_mode) != mode:
+        changes.append((f"mode of {path}", f"{stat.S_IMODE(st.st_mode):04o}", f"{mode:04o}"))
+    if changes and not check:
+        fd = _open_checked(path, st, what)
+        try:
+            if (st.st_uid, st.st_gid) != (want_uid, want_gid):
+                os.fchown(fd, want_uid, want_gid)
+            os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
+    return changes
+
+
+# --------------------------------------------------------------------------------------------
 # Leaf certificate
 
 
@@ -77,6 +223,7 @@ class LeafRequest:
     profile: object            # tls.LeafProfile
     regenerate: str = "auto"
     reuse_key: bool = True
+    root: str | None = None    # no symlinked directory between it and the files (the project, else certs_dir)
 
     @classmethod
     def from_options(cls, p: dict) -> LeafRequest:
@@ -120,25 +267,65 @@ class LeafRequest:
             organization=p.get("organization") or tls.LEAF_ORGANIZATION,
             organizational_unit=p.get("organizational_unit") or "",
         )
-        return cls(ca_dir, cert_path, key_path, ca_copy_path,
-                   parse_mode(p.get("mode", "0600"), "mode"), parse_mode(p.get("cert_mode", "0644"), "cert_mode"),
-                   uid, gid, profile, p.get("regenerate", "auto"), p.get("reuse_key", True) is not False)
+        key_mode = check_key_mode(parse_mode(p.get("mode") or "0600", "mode"), "mode")
+        cert_mode = check_cert_mode(parse_mode(p.get("cert_mode") or "0644", "cert_mode"), "cert_mode")
+        root = os.path.abspath(project_dir) if project_dir else (os.path.abspath(certs_dir) if certs_dir else None)
+        return cls(ca_dir, cert_path, key_path, ca_copy_path, key_mode, cert_mode,
+                   uid, gid, profile, p.get("regenerate", "auto"), p.get("reuse_key", True) is not False, root)
 
 
 def load_ca(ca_dir: str):
-    """(certificate, key, certificate PEM) of the CA in ``ca_dir``, checked to belong together."""
+    """(certificate, key, certificate PEM) of the CA in ``ca_dir``.
+
+    Checked: regular files with one name, key and certificate belong together, the CA is valid today.
+    """
     cert_file = os.path.join(ca_dir, tls.CA_CERT_FILE)
     key_file = os.path.join(ca_dir, tls.CA_KEY_FILE)
-    cert_pem = read_bytes(cert_file, "the CA certificate")
+    cert_pem, _ = read_pem_file(cert_file, "CA certificate")
     if cert_pem is None:
         raise HyHomeError(f"no CA certificate at {cert_file}: create the CA first (hyhome.bootstrap.local_ca)")
-    key_pem = read_bytes(key_file, "the CA key")
+    key_pem, _ = read_pem_file(key_file, "CA key")
     if key_pem is None:
         raise HyHomeError(f"no CA key at {key_file}: the CA in {ca_dir} is incomplete")
     ca_cert = tls.load_cert(cert_pem, f"the CA certificate {cert_file}")
     ca_key = tls.load_key(key_pem, f"the CA key {key_file}", own_ca=True)
     tls.check_ca_pair(ca_cert, ca_key)
+    problem = tls.ca_unusable(ca_cert, ca_dir)
+    if problem:
+        raise HyHomeError(problem)
     return ca_cert, ca_key, cert_pem
+
+
+def _refuse_ca_key(req: LeafRequest, ca_key, key_pem: bytes | None) -> None:
+    """A leaf must never be issued for the CA's own key.
+
+    Compared by public key, which also catches the CA key file reached under another name (a bind
+    mount, a copy); a symlink or hard link to it is already refused by ``read_pem_file``.
+    """
+    if key_pem is None:
+        return
+    try:
+        leaf_key = tls.load_key(key_pem, "the private key")
+    except HyHomeError:
+        return                          # unparsable: leaf_reasons reports it and a new key is made
+    if tls.public_key_fingerprint(leaf_key) == tls.public_key_fingerprint(ca_key):
+        raise HyHomeError(f"refusing key_path {req.key_path}: it holds the CA's own private key; a leaf certificate "
+                          "must have its own key. Remove that file (a new key is generated) and keep the CA key "
+                          "only in the CA directory")
+
+
+def _leaf_paths(req: LeafRequest):
+    return [(p, w) for p, w in ((req.cert_path, "cert_path"), (req.key_path, "key_path"),
+                                (req.ca_copy_path, "ca_copy_path")) if p]
+
+
+def _refuse_paths_in_ca_dir(req: LeafRequest) -> None:
+    """The leaf files never go into the CA directory, by name or through a link (checked after the
+    link checks, whose messages say more)."""
+    for path, what in _leaf_paths(req):
+        if _within(req.ca_dir, path):
+            raise HyHomeError(f"refusing {what} {path}: it is inside the CA directory {req.ca_dir}, where it could "
+                              "replace or expose the CA's own files; write the leaf files elsewhere")
 
 
 def _describe_leaf(summary, key_present: bool) -> str:
@@ -150,27 +337,24 @@ def _describe_leaf(summary, key_present: bool) -> str:
 
 
 class _Attrs:
-    """Owner/mode drift, fixed apart from content drift (as community.crypto does)."""
+    """Owner/mode drift, fixed apart from content drift (as community.crypto does), never through a link."""
 
     def __init__(self, uid: int, gid: int, check: bool):
         self.uid, self.gid, self.check = uid, gid, check
-        self.changed = False
+        self.changes: list[tuple[str, str, str]] = []
 
-    def fix(self, path: str, mode: int) -> None:
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            return
-        want_uid = st.st_uid if self.uid == -1 else self.uid
-        want_gid = st.st_gid if self.gid == -1 else self.gid
-        if (st.st_uid, st.st_gid) != (want_uid, want_gid):
-            self.changed = True
-            if not self.check:
-                os.chown(path, want_uid, want_gid)
-        if st.st_mode & 0o7777 != mode:
-            self.changed = True
-            if not self.check:
-                os.chmod(path, mode)
+    @property
+    def changed(self) -> bool:
+        return bool(self.changes)
+
+    def fix(self, path: str, mode: int, what: str) -> None:
+        self.changes += fix_attrs(path, what, mode, self.uid, self.gid, self.check)
+
+
+def _report_fixes(out: Outcome, fixes) -> None:
+    """Owner/mode fixes ``(attribute, before, after)`` into the diff."""
+    out.diff["before"] += "".join(f"{a}: {b}\n" for a, b, _ in fixes)
+    out.diff["after"] += "".join(f"{a}: {c}\n" for a, _, c in fixes)
 
 
 def _would_create_ca(req: LeafRequest) -> Outcome:
@@ -186,13 +370,18 @@ def _would_create_ca(req: LeafRequest) -> Outcome:
 @_os_errors("leaf certificate")
 def ensure_leaf(req: LeafRequest, check: bool = False, diff: bool = False) -> Outcome:
     """Issue, re-issue or keep the leaf per ``req``; write only what differs (nothing in check mode)."""
-    if check and not os.path.exists(os.path.join(req.ca_dir, tls.CA_CERT_FILE)):
+    for path, what in _leaf_paths(req):
+        _refuse_linked_dirs(req.root, path, what)
+    cert_pem, _ = read_pem_file(req.cert_path, "cert_path")
+    key_pem, _ = read_pem_file(req.key_path, "key_path")
+    ca_copy_pem = read_pem_file(req.ca_copy_path, "ca_copy_path")[0] if req.ca_copy_path else None
+    _refuse_paths_in_ca_dir(req)
+    if check and _lstat(os.path.join(req.ca_dir, tls.CA_CERT_FILE)) is None:
         return _would_create_ca(req)
     out = Outcome()
     ca_cert, ca_key, ca_pem = load_ca(req.ca_dir)
+    _refuse_ca_key(req, ca_key, key_pem)
     tls.check_name_constraints(req.profile.sans, ca_cert)
-    cert_pem = read_bytes(req.cert_path, "the certificate")
-    key_pem = read_bytes(req.key_path, "the private key")
     reasons = tls.leaf_reasons(req.profile, cert_pem, key_pem, ca_cert)
     if req.regenerate == "always" and not any(r.code == "cert_missing" for r in reasons):
         reasons.append(tls.Reason("always", "regenerate=always"))
@@ -228,22 +417,25 @@ def ensure_leaf(req: LeafRequest, check: bool = False, diff: bool = False) -> Ou
             _write_leaf(req, cert, key if new_key else None)
             current = after
     if req.ca_copy_path:
-        if read_bytes(req.ca_copy_path, "the CA copy") != ca_pem:
+        if ca_copy_pem != ca_pem:
             out.changed = True
             if not check:
                 os.makedirs(os.path.dirname(req.ca_copy_path), mode=0o755, exist_ok=True)
                 atomic_write(req.ca_copy_path, ca_pem, mode=req.cert_mode, uid=req.uid, gid=req.gid)
         else:
-            attrs.fix(req.ca_copy_path, req.cert_mode)
+            attrs.fix(req.ca_copy_path, req.cert_mode, "ca_copy_path")
     if not check or not issue:
-        attrs.fix(req.key_path, req.key_mode)
-        attrs.fix(req.cert_path, req.cert_mode)
+        attrs.fix(req.key_path, req.key_mode, "key_path")
+        attrs.fix(req.cert_path, req.cert_mode, "cert_path")
     out.changed = out.changed or attrs.changed
+    if attrs.changes:
+        out.result["attributes_fixed"] = [f"{a}: {b} -> {c}" for a, b, c in attrs.changes]
     if current is not None:
         for k in ("not_before", "not_after", "serial", "sans", "fingerprint_sha256", "public_key_fingerprint_sha256"):
             out.result[k] = current[k]
     if diff:
         out.diff = {"before": _describe_leaf(before, key_pem is not None), "after": _describe_leaf(after, True)}
+        _report_fixes(out, attrs.changes)
     warning = tls.ca_warning(tls.ca_status(ca_cert))
     if warning:
         out.warnings.append(warning)
@@ -255,6 +447,8 @@ def ensure_leaf(req: LeafRequest, check: bool = False, diff: bool = False) -> Ou
 def _write_leaf(req: LeafRequest, cert, key) -> None:
     for path in {os.path.dirname(req.cert_path), os.path.dirname(req.key_path)}:
         os.makedirs(path, mode=0o755, exist_ok=True)
+    for path, what in _leaf_paths(req):     # again, now that every directory exists: no link slipped in
+        _refuse_linked_dirs(req.root, path, what)
     remove_stale_temps(os.path.dirname(req.key_path), os.path.basename(req.key_path))
     remove_stale_temps(os.path.dirname(req.cert_path), os.path.basename(req.cert_path))
     # Key before certificate: a crash in between leaves a mismatch the next run repairs.
@@ -297,8 +491,53 @@ class CARequest:
             permitted_dns=tuple(p.get("permitted_dns_domains") or ()),
             permitted_ip=tuple(p.get("permitted_ip_ranges") or ()),
         )
-        return cls(path, profile, p.get("regenerate", "never"),
-                   p.get("expiry_warning_days", tls.DEFAULT_CA_WARNING_DAYS))
+        return cls(path, profile, p.get("regenerate", "never"), _warning_days(p))
+
+
+def _check_ca_dir(path: str):
+    """lstat of the CA directory (None when missing), refused unless a real directory of this user."""
+    st = _lstat(path)
+    if st is None:
+        return None
+    if stat.S_ISLNK(st.st_mode):
+        raise HyHomeError(f"refusing CA directory {path}: it is a symlink to {os.readlink(path)}; give the real "
+                          "directory as path (or $HYHOME_CAROOT)")
+    if not stat.S_ISDIR(st.st_mode):
+        raise HyHomeError(f"refusing CA directory {path}: it is not a directory")
+    if st.st_uid != os.geteuid():
+        raise HyHomeError(f"refusing CA directory {path}: it belongs to uid {st.st_uid}, not to the user running "
+                          f"this (uid {os.geteuid()}); another user could replace the CA key. Use a directory of "
+                          "your own, or run as its owner")
+    return st
+
+
+def _check_ca_file_owner(st, path: str) -> None:
+    if st is not None and st.st_uid != os.geteuid():
+        raise HyHomeError(f"refusing CA file {path}: it belongs to uid {st.st_uid}, not to the user running this "
+                          f"(uid {os.geteuid()}), so someone else wrote or can rewrite it. If you trust it, chown "
+                          "it; otherwise create a new CA (regenerate=always)")
+
+
+def _fix_dir_mode(path: str, st, mode: int, check: bool) -> list[tuple[str, str, str]]:
+    """chmod the directory ``path`` through a no-follow descriptor checked to be the inode ``st`` describes."""
+    if stat.S_IMODE(st.st_mode) == mode:
+        return []
+    if not check:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            fst = os.fstat(fd)
+            if (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino):
+                raise HyHomeError(f"refusing CA directory {path}: it was replaced while it was checked; run again")
+            os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
+    return [(f"mode of {path}", f"{stat.S_IMODE(st.st_mode):04o}", f"{mode:04o}")]
+
+
+def _warning_days(p: dict) -> int:
+    days = p.get("expiry_warning_days")
+    days = tls.DEFAULT_CA_WARNING_DAYS if days is None else days
+    return tls.check_days(days, "expiry_warning_days", 0, tls.MAX_CA_DAYS)
 
 
 def _describe_ca(status: dict) -> str:
@@ -314,7 +553,9 @@ def ensure_ca(req: CARequest, check: bool = False):
     refuse_dangerous(req.path, "CA directory")
     out = Outcome(result={"ca_dir": req.path, "certificate_path": req.cert_path, "key_path": req.key_path,
                           "created": False, "regenerated": False, "drift": []})
-    cert_pem, key_pem = read_bytes(req.cert_path), read_bytes(req.key_path)
+    dir_st = _check_ca_dir(req.path)
+    cert_pem, cert_st = read_pem_file(req.cert_path, "CA certificate") if dir_st else (None, None)
+    key_pem, key_st = read_pem_file(req.key_path, "CA key") if dir_st else (None, None)
     exists = cert_pem is not None or key_pem is not None
     if exists and req.regenerate != "always":
         if cert_pem is None or key_pem is None:
@@ -326,6 +567,11 @@ def ensure_ca(req: CARequest, check: bool = False):
         cert = tls.load_cert(cert_pem, f"the CA certificate {req.cert_path}")
         key = tls.load_key(key_pem, f"the CA key {req.key_path}", own_ca=True)
         tls.check_ca_pair(cert, key)
+        _check_ca_file_owner(key_st, req.key_path)
+        _check_ca_file_owner(cert_st, req.cert_path)
+        problem = tls.ca_unusable(cert, req.path)
+        if problem:
+            raise HyHomeError(problem)
         drift = tls.ca_drift(cert, req.profile)
         out.result["drift"] = drift
         status = tls.ca_status(cert, warning_days=req.expiry_warning_days)
@@ -335,12 +581,13 @@ def ensure_ca(req: CARequest, check: bool = False):
         out.warnings.extend(f"existing CA in {req.path} kept although it differs from the request: {d}"
                             for d in drift)
         out.diff["before"] = out.diff["after"] = _describe_ca(status)
-        for path, mode in ((req.key_path, 0o400), (req.cert_path, 0o644)):
-            if os.stat(path).st_mode & 0o7777 != mode:
-                out.changed = True
-                out.result.setdefault("modes_fixed", []).append(path)
-                if not check:
-                    os.chmod(path, mode)
+        fixes = _fix_dir_mode(req.path, dir_st, 0o700, check)
+        fixes += fix_attrs(req.key_path, "CA key", 0o400, check=check)
+        fixes += fix_attrs(req.cert_path, "CA certificate", 0o644, check=check)
+        if fixes:
+            out.changed = True
+            out.result["modes_fixed"] = [a.removeprefix("mode of ") for a, _, _ in fixes]
+            _report_fixes(out, fixes)
         return out, cert
     # Create (missing) or replace (regenerate=always).
     out.result["created"] = True
@@ -352,11 +599,16 @@ def ensure_ca(req: CARequest, check: bool = False):
         out.diff["before"] = _describe_ca(tls.ca_status(old)) if old else "(incomplete CA)\n"
     out.diff["after"] = _describe_ca(tls.ca_status(cert, warning_days=req.expiry_warning_days))
     out.changed = True
+    if dir_st is not None:
+        fixes = _fix_dir_mode(req.path, dir_st, 0o700, check)
+        if fixes:
+            out.result["modes_fixed"] = [req.path]
+            _report_fixes(out, fixes)
     if check:
         return out, None
-    if not os.path.isdir(req.path):
+    if dir_st is None:
         os.makedirs(req.path, mode=0o700, exist_ok=True)
-        os.chmod(req.path, 0o700)
+        _fix_dir_mode(req.path, _check_ca_dir(req.path), 0o700, check)
     remove_stale_temps(req.path, tls.CA_KEY_FILE)
     remove_stale_temps(req.path, tls.CA_CERT_FILE)
     if exists:
@@ -486,6 +738,7 @@ def run_local_ca(p: dict, run, check: bool = False, which=shutil.which) -> Outco
     state = p.get("state", "present")
     if state not in ("present", "trusted", "untrusted"):
         raise HyHomeError("state must be one of present, trusted, untrusted")
+    warning_days = _warning_days(p)
     if state == "present":
         out, cert = ensure_ca(CARequest.from_options(p), check)
         der = tls.cert_to_der(cert) if cert is not None else None
@@ -510,7 +763,7 @@ def run_local_ca(p: dict, run, check: bool = False, which=shutil.which) -> Outco
     if der is not None:
         out.result["certificate"] = tls.der_to_pem(der).decode()
         out.result["fingerprint_sha256"] = tls.der_fingerprint(der)
-    _ca_facts(der, p.get("expiry_warning_days", tls.DEFAULT_CA_WARNING_DAYS), out)
+    _ca_facts(der, warning_days, out)
     if state in ("trusted", "untrusted") or p.get("trust"):
         present = state != "untrusted"
         trust = TrustStores(p.get("trust_name") or "hyhome-local-ca", run, check, which)

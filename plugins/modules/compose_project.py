@@ -193,7 +193,9 @@ images_pulled:
   type: list
   elements: str
 recreate_ignored:
-  description: Names in O(recreate) that are not services of the active project (ignored, with a warning).
+  description:
+    - Names in O(recreate) that are not services of the active project (ignored, with a warning).
+    - In check mode too. Empty in check mode before Docker is installed (the project cannot be read then).
   returned: always
   type: list
   elements: str
@@ -221,7 +223,14 @@ from ansible_collections.hyhome.bootstrap.plugins.module_utils.project_options i
     context_result,
     load,
     project_argspec,
+    raise_if_rejected,
 )
+
+
+def _warn_ignored(module, result):
+    if result.get("recreate_ignored"):
+        module.warn("recreate lists services not in the active project, ignored: "
+                    + ", ".join(result["recreate_ignored"]))
 
 
 def main():
@@ -255,8 +264,7 @@ def main():
         if p["wait_timeout"] <= 0:
             raise HyHomeError("wait_timeout must be a positive number of seconds")
         project = load(p, module.check_mode)
-        if project.config_error:
-            raise HyHomeError(f"docker compose rejects the project in {p['project_dir']}:\n{project.config_error}")
+        raise_if_rejected(project, p["project_dir"])
         if p["project_name"]:
             project.name = p["project_name"]
         try:
@@ -269,11 +277,13 @@ def main():
             module.warn(f"{e.msg}; check mode assumes every service would be created")
             plan = {n: {"action": "create", "reasons": ["no Docker engine reachable yet"]}
                     for n in sorted(project.services)}
-            module.exit_json(changed=True, state=p["state"], project=project.name, plan=plan,
-                             actions={n: ["create"] for n in plan}, services={}, orphans=[], images_built=[],
-                             images_pulled=[], commands=[], recreate_ignored=[],
-                             networks_created=core.external_networks(project, project.services),
-                             project_context=context_result(project))
+            result = dict(changed=True, state=p["state"], project=project.name, plan=plan,
+                          actions={n: ["create"] for n in plan}, services={}, orphans=[], images_built=[],
+                          images_pulled=[], commands=[], recreate_ignored=core.recreate_ignored(project, p["recreate"]),
+                          networks_created=core.external_networks(project, project.services),
+                          project_context=context_result(project))
+            _warn_ignored(module, result)
+            module.exit_json(**result)
         opts = core.Options(
             state=p["state"], services=p["services"], pull=p["pull"], build=p["build"],
             remove_orphans=p["remove_orphans"], remove_volumes=p["remove_volumes"], wait=p["wait"],
@@ -282,9 +292,7 @@ def main():
         )
         result = core.apply(engine, project, opts)
         result["project_context"] = context_result(project)
-        if result.get("recreate_ignored"):
-            module.warn("recreate lists services not in the active project, ignored: "
-                        + ", ".join(result["recreate_ignored"]))
+        _warn_ignored(module, result)
     except HyHomeError as e:
         partial = e.details.get("result") or {}
         module.fail_json(msg=e.msg, **{k: v for k, v in partial.items() if k not in ("msg", "failed")})

@@ -35,9 +35,14 @@ description:
     that changes only entries that differ, never follows a symlink, never crosses into another
     filesystem, skips device nodes and other managed paths nested inside, and reports how many
     entries were checked and fixed.
+  - A file with more than one hard link shares its content and owner with another name, possibly outside
+    the project, so it is never changed. The walk skips it with a warning listing it. A bind-mounted
+    file that is hard-linked and would need a change is refused.
   - Refuses, before changing anything, writable binds of C(/), system directories, C(/var/lib/docker),
     the Docker socket, paths outside O(allowed_roots), and symlinked components that lead outside them.
-    Paths under O(exclude) are skipped before that check.
+    Paths under O(exclude) are skipped before that check. Owners and groups are checked the same way,
+    so a negative uid or gid, or one beyond 32 bits, in the service user, O(overrides), O(shared_group) or
+    O(image_users) is an error before any directory is created.
 author: Hy-Home Bootstrap maintainers
 requirements:
   - Docker Compose v2 (C(docker compose config)) to read the project.
@@ -153,6 +158,12 @@ paths:
     state: {description: "created, copied, fixed or ok.", type: str}
     checked: {description: Entries examined (the path itself plus its subtree with O(recurse))., type: int}
     fixed: {description: Entries whose owner, group or mode differed (and were fixed unless in check mode)., type: int}
+    skipped_hardlinks:
+      description:
+        - Files with more than one hard link whose owner or mode differed, left unchanged (a warning lists
+          them). Returned only when not zero.
+      type: int
+    hardlinks: {description: "The first 20 of those files.", type: list, elements: str}
   sample:
     - {path: /srv/hyhome/data/postgres, kind: dir, services: [postgres], read_only: false, owner: 999,
        group: 999, owner_source: image-table, state: fixed, checked: 1523, fixed: 3}
@@ -209,6 +220,7 @@ from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyH
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.project_options import (  # noqa: E402
     context_result,
     project_argspec,
+    raise_if_rejected,
 )
 
 
@@ -238,8 +250,7 @@ def main():
 
         refuse_dangerous(p["project_dir"], "project_dir")
         project = load(p, module.check_mode)
-        if project.config_error:
-            raise HyHomeError(f"docker compose rejects the project in {p['project_dir']}:\n{project.config_error}")
+        raise_if_rejected(project, p["project_dir"])
         options = {k: p[k] for k in ("allowed_roots", "exclude", "overrides", "image_users", "mode", "shared_mode",
                                      "config_mode", "shared_group", "missing_image", "copy_examples")}
         plan = core.plan(project, options, core.DockerImages(docker_cli=p["docker_cli"]))
@@ -256,6 +267,12 @@ def main():
                     f"group {s['group']}. {s.get('hint', '')}".strip())
     for m in result["missing_files"]:
         module.warn(f"{m['path']} (mounted by {', '.join(m['services'])}) is missing: {m['hint']}")
+    for e in result["paths"]:
+        if e.get("skipped_hardlinks"):
+            more = e["skipped_hardlinks"] - len(e["hardlinks"])
+            module.warn(f"{e['path']}: {e['skipped_hardlinks']} hard-linked file(s) left unchanged (another name "
+                        "of the same file may be outside the project; replace them with copies to manage them): "
+                        + ", ".join(e["hardlinks"]) + (f" and {more} more" if more > 0 else ""))
     if module._diff and result["changed"]:
         result["diff"] = diff
     result["project_context"] = context_result(project)

@@ -31,7 +31,10 @@ requirements:
 options:
   path:
     description:
-      - The CA directory. Created with mode 0700 when missing.
+      - The CA directory. Created with mode 0700 when missing; an existing one is set to 0700.
+      - It must be a real directory (not a symlink) owned by the user running the module, and so must
+        C(rootCA-key.pem) and C(rootCA.pem) (regular files, one hard link each); otherwise the module fails
+        without changing anything, since another user could have written or could replace the CA key.
       - Defaults to C($HYHOME_CAROOT), else C(/var/lib/hyhome/ca) for root, else C(~/.local/share/hyhome/ca).
       - Keep it outside the compose project, so the CA key is never mounted into a container.
     type: path
@@ -46,6 +49,7 @@ options:
   regenerate:
     description:
       - V(never) keeps an existing CA whatever differs from the requested profile (differences are reported).
+        An expired CA is an error with V(never) and V(fail), since nothing it signs is trusted any more.
       - V(fail) fails when an existing CA differs from the profile, has expired, or expires within
         O(expiry_warning_days).
       - V(always) creates a new CA and key, moving the old files aside with a timestamped C(.bak) suffix.
@@ -64,7 +68,7 @@ options:
     choices: [2048, 3072, 4096]
     default: 3072
   validity_days:
-    description: Validity of a new CA in days. Unset means 10 calendar years, as mkcert.
+    description: Validity of a new CA in days, 1 to 7305 (20 years). Unset means 10 calendar years, as mkcert.
     type: int
   organization:
     description: Subject O of a new CA.
@@ -89,7 +93,7 @@ options:
     elements: str
     default: []
   expiry_warning_days:
-    description: Warn (and with O(regenerate=fail), fail) when the CA expires within this many days.
+    description: Warn (and with O(regenerate=fail), fail) when the CA expires within this many days (0 to 7305).
     type: int
     default: 180
   trust:
@@ -192,6 +196,11 @@ regenerated:
   description: Whether an existing CA was (or would be) replaced.
   returned: when O(state=present)
   type: bool
+modes_fixed:
+  description: The CA directory and files whose mode was (or in check mode would be) set to 0700, 0400 or 0644.
+  returned: when a mode differed
+  type: list
+  elements: str
 drift:
   description: How the existing CA differs from the requested profile. It is kept anyway unless O(regenerate=always).
   returned: when O(state=present)

@@ -37,7 +37,17 @@ description:
     for the service; a numeric C(user:); C(user:) by name in the image's C(/etc/passwd); the image's configured
     user when the image is on the engine; the built-in table of well-known images (extended by
     O(image_users)). When nothing answers, the run warns with the fix and O(default_owner) is used."
-  - Writes are atomic (temporary file in the same directory, fsync, rename, fsync of the directory).
+  - Writes are atomic (temporary file in the same directory, fsync, rename, fsync of the directory). The temporary
+    file is named C(.<file>.tmp.hyhome-<12 hex digits>); only files of exactly that shape are removed as leftovers of
+    an interrupted run (and the removal is listed in the diff), never anyone else's C(.<file>.tmp*) file.
+  - "Refused before anything is written, with a one-line message: a secret name (compose C(secrets:), registry
+    file or option) that is not one plain file name (1-200 letters, digits, C(.), C(_), C(-), starting with a
+    letter or digit, no C(/), no C(..)) - the name becomes a file name in the controller store; a secrets tree
+    inside the project that a symlink (the directory itself or a parent) makes resolve outside the project; a
+    secret file or public key that is a symlink or has other hard links (its owner and mode would change a file
+    outside the tree); registry values of the wrong type or beyond the limits below."
+  - A failure part-way (a full disk, say) fails with C(changed=true) and RV(written), the paths already written;
+    a re-run finishes the work.
 author:
   - Hy-Home Bootstrap maintainers
 requirements:
@@ -71,7 +81,8 @@ options:
   secrets_dir:
     description:
       - The secrets tree. Every secret file must be inside it (no C(../), no symlink pointing out).
-      - Defaults to C(<project_dir>/secrets).
+      - Defaults to C(<project_dir>/secrets). A tree inside O(project_dir) must stay inside it once symlinks are
+        resolved; to keep the secrets elsewhere, set this option to the real directory.
     type: path
   derive_from_compose:
     description: Read the Compose project at all. With V(false) only registry entries with a C(file) are managed.
@@ -89,6 +100,11 @@ options:
         O(secrets_dir)) for secrets compose does not declare."
       - "Floors: password 16 characters and 80 bits of entropy, hex 32 characters, base64/token 16 bytes,
         bcrypt 10 rounds, sha512_crypt 5000 rounds."
+      - "Limits: C(length) at most 4096 (characters for password/hex, random bytes for base64/token), RSA C(size)
+        at most 8192 bits, bcrypt at most 16 rounds, sha512_crypt at most 1000000 rounds."
+      - "Types: C(length), C(size), C(rounds) integers (or strings of digits); C(consumers) a list of strings;
+        C(charset) a string or a list of strings; C(persistent), C(optional), C(public_key) booleans (or
+        true/false/yes/no strings); other keys strings (C(owner), C(group), C(mode) may be numbers)."
       - Holds no values.
     type: dict
     default: {}
@@ -299,6 +315,13 @@ secrets_dir:
   description: The secrets tree.
   returned: success
   type: str
+written:
+  description:
+    - Paths (never values) a failed run had already written or changed when it stopped; the task then reports
+      C(changed=true). Re-run to finish.
+  returned: on failure part-way through the writes
+  type: list
+  elements: str
 project_context:
   description:
     - Whether this call reused the run's project context (V(hit)) or ran C(docker compose config) (V(miss)),
@@ -331,8 +354,16 @@ def _load_registry_file(path):
     try:
         with open(path, encoding="utf-8") as fh:
             data = yaml.safe_load(fh) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise HyHomeError(f"registry_file {path} cannot be read: {e}") from None
+    except OSError as e:
+        raise HyHomeError(f"registry_file {path} cannot be read: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise HyHomeError(f"registry_file {path} is not UTF-8 text") from None
+    except yaml.YAMLError as e:
+        # The problem and its line only: YAML's own message quotes the offending text.
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = " ".join(str(getattr(e, "problem", None) or "invalid YAML").split())
+        raise HyHomeError(f"registry_file {path} is not valid YAML{where}: {problem}") from None
     if isinstance(data, dict) and isinstance(data.get("secrets"), dict):
         data = data["secrets"]   # the mapping may also sit under `secrets:` (as preflight accepts)
     if not isinstance(data, dict):
@@ -356,6 +387,18 @@ def _identities(p, project):
     return IdentityResolver(overrides=p["overrides"], image_users=p["image_users"], images=images)
 
 
+def _apply(plan):
+    """Apply the plan; a failure part-way says what was already written (paths, never values)."""
+    try:
+        core.apply(plan)
+    except (HyHomeError, OSError) as e:
+        why = e.msg if isinstance(e, HyHomeError) else f"{e.strerror or e} ({e.filename or 'file'})"
+        if not plan.written:
+            raise HyHomeError(f"secrets: {why}; nothing was written") from None
+        raise HyHomeError(f"secrets: {why}; {len(plan.written)} path(s) were already written (see 'written'), "
+                          "re-run to finish", changed=True, written=list(plan.written)) from None
+
+
 def run(module):
     p = module.params
     if not p["project_dir"] and not p["secrets_dir"]:
@@ -374,19 +417,16 @@ def run(module):
     registry_file = p["registry_file"]
     if registry_file is None and p["project_dir"]:
         registry_file = os.path.join(p["project_dir"], "hyhome-secrets.yml")
-    registry = _load_registry_file(registry_file)
-    for name, entry in (p["registry"] or {}).items():
-        base = registry.get(name) if isinstance(registry.get(name), dict) else {}
-        registry[name] = {**base, **(entry or {})}
+    registry = core.merge_registry(_load_registry_file(registry_file), registry_file, p["registry"])
     specs = core.build_specs(project, registry, secrets_dir, p["default_kind"], p["persistent_default"],
                              p["exclude"])
     plan = core.plan(specs, secrets_dir, project, rotate=p["rotate"], restore=p["restore"], seed=p["seed"],
                      default_owner=p["default_owner"], default_group=p["default_group"],
                      shared_group=p["shared_group"], manage_dir_modes=p["manage_dir_modes"],
-                     identities=_identities(p, project))
+                     identities=_identities(p, project), project_dir=p["project_dir"])
     excluded = core.excluded_secrets(project, secrets_dir, p["exclude"])
     if plan.changed and not module.check_mode:
-        core.apply(plan)
+        _apply(plan)
     result = {
         "changed": plan.changed,
         "secrets_dir": plan.secrets_dir,
@@ -438,7 +478,8 @@ def main():
     try:
         result = run(module)
     except HyHomeError as e:
-        module.fail_json(msg=e.msg)
+        # changed and the paths a failed apply already wrote (paths only); nothing else leaves
+        module.fail_json(msg=e.msg, **{k: v for k, v in e.details.items() if k in ("changed", "written")})
     except OSError as e:
         # Paths and errno only: no value is ever part of an OSError raised here.
         module.fail_json(msg=f"secrets: {e.strerror or e} ({e.filename or 'file'})")

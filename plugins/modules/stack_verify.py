@@ -159,6 +159,7 @@ from ansible_collections.hyhome.bootstrap.plugins.module_utils.project_options i
     context_result,
     load,
     project_argspec,
+    raise_if_rejected,
 )
 
 
@@ -167,8 +168,7 @@ def run(p: dict, check_mode: bool = False) -> dict:
         raise HyHomeError(f"{p['docker_cli']} is not installed: there is no running stack to verify",
                           not_running=True, project=p["project_name"] or "")
     project = load(p, check_mode)
-    if project.config_error:
-        raise HyHomeError(f"docker compose rejects the project in {p['project_dir']}:\n{project.config_error}")
+    raise_if_rejected(project, p["project_dir"])
     if p["project_name"]:
         project.name = p["project_name"]
     try:

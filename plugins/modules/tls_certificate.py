@@ -18,7 +18,13 @@ description:
   - Idempotent. Nothing is written while the files are right. The certificate is re-issued when it or its key
     is missing or unparsable, expires within O(renew_before_days), its names or profile differ from the request,
     it does not belong to the key, or the current CA did not sign it. RV(reasons) says why.
-  - Owner, group and mode drift is fixed without re-issuing.
+  - Owner, group and mode drift is fixed without re-issuing, through a descriptor opened without following links
+    (C(O_NOFOLLOW), C(fchown), C(fchmod)); RV(attributes_fixed) and the diff list what was changed.
+  - Refused with a one-line error, before anything is written, also in check mode. A key, certificate or CA copy
+    file that is a symlink, has more than one hard link, is not a regular file or is over 1 MiB. A symlinked
+    directory between O(project_dir) (else O(certs_dir)) and those files, such as a linked C(secrets/). Any of them
+    inside the CA directory. A key that is the CA's own key (same public key). A CA that has expired or is not
+    valid yet, or whose key does not belong to its certificate, or whose files are symlinks or hard-linked.
 version_added: 0.1.0
 author: Hy-Home Bootstrap maintainers
 requirements:
@@ -27,7 +33,7 @@ options:
   names:
     description:
       - The subjectAltNames, in order. Hostnames, C(*.domain) wildcards (whole left-most label only), IPv4 and
-        IPv6 addresses. Duplicates are dropped; the order does not matter for idempotence.
+        IPv6 addresses. Duplicates are dropped; the order does not matter for idempotence. At most 100 names.
     type: list
     elements: str
     required: true
@@ -66,19 +72,21 @@ options:
     choices: [rsa, ecdsa]
     default: rsa
   rsa_bits:
-    description: RSA key size of the leaf.
+    description: RSA key size of the leaf. Larger keys are refused (they take minutes to generate and add nothing here).
     type: int
     choices: [2048, 3072, 4096]
     default: 2048
   validity_days:
-    description: Validity in days. Unset means mkcert's 2 years 3 months (at most 823 days).
+    description:
+      - Validity in days. Unset means mkcert's 2 years 3 months (at most 823 days).
+      - At most 825 days, or 3650 with O(allow_long_validity=true).
     type: int
   allow_long_validity:
     description: Allow O(validity_days) over 825 days (Apple platforms reject such certificates).
     type: bool
     default: false
   renew_before_days:
-    description: Re-issue when the certificate expires within this many days.
+    description: Re-issue when the certificate expires within this many days (0 to 3650, and shorter than the validity).
     type: int
     default: 30
   client_auth:
@@ -114,11 +122,16 @@ options:
     description: Group of the three files (name or gid).
     type: str
   mode:
-    description: Mode of the private key file. Keep it readable only by its owner (and group if needed).
+    description:
+      - Mode of the private key file.
+      - It may grant the owner read (required) and write, and the group read. Nothing else. So V(0400), V(0440),
+        V(0600) or V(0640). Any access for others, group write, execute or special bits are refused.
     type: raw
     default: "0600"
   cert_mode:
-    description: Mode of the certificate and the CA copy.
+    description:
+      - Mode of the certificate and the CA copy.
+      - Owner read is required. Group or world write and special bits are refused.
     type: raw
     default: "0644"
 attributes:
@@ -236,6 +249,14 @@ ca_not_after:
   description: End of validity of the CA (null in check mode before the CA exists).
   returned: always
   type: str
+attributes_fixed:
+  description: >-
+    Owner and mode changes made (or in check mode, that would be made) on existing files, as
+    C(<attribute> of <path>: <before> -> <after>).
+  returned: when an owner or mode differed
+  type: list
+  elements: str
+  sample: ["mode of /srv/stack/secrets/certs/key.pem: 0644 -> 0400"]
 """
 
 # Ansible modules put their imports after the documentation strings.

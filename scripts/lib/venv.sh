@@ -33,6 +33,13 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" >"$stamp"
 fi
 
+# The `hyhome` command ([project.scripts] in pyproject.toml), installed editable: it runs this checkout.
+if ! "$VENV/bin/python" -c 'import sys, hyhome_cli; sys.exit(hyhome_cli.__file__ != sys.argv[1])' \
+     "$ROOT/hyhome_cli/__init__.py" 2>/dev/null || [ ! -x "$VENV/bin/hyhome" ]; then
+  log "installing the hyhome command"
+  "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps --no-build-isolation -e "$ROOT"
+fi
+
 SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 AC="$SITE/ansible_collections"
 mkdir -p "$AC/hyhome"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # day0 end to end, on this machine's Docker engine, from a clean clone of the committed tree:
 #   0. --check on the fresh host succeeds and writes nothing;
-#   1. first run (scripts/day0.sh, the README's command) -> every service healthy;
+#   1. first run (`hyhome day0 --json`; scripts/day0.sh, the README's command, runs it too) -> every service
+#      healthy, and the JSON report agrees with the running stack (health, URLs answering, CA);
 #      the gateway answers over TLS trusting only rootCA.pem; web and API answer through it;
 #      the init sidecar exited 0 and its role exists in PostgreSQL;
 #   2. second run -> changed=0 and no container's StartedAt changed; --check -> changed=0;
@@ -71,12 +72,39 @@ started_at() {
     | sort
 }
 
+source "$ROOT/tests/e2e/lib.sh"
 assert_all_healthy() {
   local bad
-  bad=$(docker ps -a --filter "label=com.docker.compose.project=$PROJECT" --format '{{.Names}}' | while read -r c; do
-    docker inspect --format '{{.Name}} {{.State.Status}} {{.State.ExitCode}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}} {{ index .Config.Labels "com.docker.compose.oneoff" }}' "$c"
-  done | awk '!(($2 == "running" && ($4 == "healthy" || $4 == "none")) || ($2 == "exited" && $3 == 0))')
+  bad=$(unhealthy_containers "$PROJECT")
   [ -z "$bad" ] || fail "containers not healthy: $bad"
+}
+
+# The hyhome --json report against the running stack: every container's service reported healthy,
+# every URL answering over TLS with only rootCA.pem trusted, the CA where it says and trusted here.
+check_report() {
+  local services
+  services=$(docker ps -a --filter "label=com.docker.compose.project=$PROJECT" \
+    --format '{{ .Label "com.docker.compose.service" }}' | sort -u | tr '\n' ' ')
+  "$REPO/.venv/bin/python" - "$1" "$services" <<'PY' || fail "the hyhome report disagrees with the stack (report: $1)"
+import json, subprocess, sys
+doc = json.load(open(sys.argv[1]))
+assert doc["status"] == "ok" and doc["exit_code"] == 0 and doc["failure"] is None, doc["status"]
+assert [s["name"] for s in doc["steps"]][:1] == ["preflight"] and all(
+    s["status"] in ("ok", "changed") for s in doc["steps"]), [(s["name"], s["status"]) for s in doc["steps"]]
+health = {h["service"]: h["healthy"] for h in doc["health"]}
+running = set(sys.argv[2].split())
+assert running and running <= set(health) and all(health.values()), (health, running)
+assert doc["urls"], "no URL in the report"
+ca = doc["ca"]["certificate_path"]
+assert open(ca).read().startswith("-----BEGIN CERTIFICATE-----") and doc["ca"]["trusted_here"] is True, doc["ca"]
+for u in doc["urls"]:
+    assert u["verified"], u
+    code = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10", "--cacert", ca,
+                           "--resolve", f"{u['server_name']}:{u['port']}:{u['address']}", u["url"]],
+                          capture_output=True, text=True).stdout
+    assert code.isdigit() and code != "000", (u["url"], code)
+print(f"[e2e] report: {len(health)} services healthy, {len(doc['urls'])} URLs answering, CA {ca} trusted")
+PY
 }
 
 env_get() { grep -E "^$1=" "$STACK/.env" | tail -n1 | cut -d= -f2-; }
@@ -97,20 +125,26 @@ git clone -q "$ROOT" "$REPO"
 
 say "0. --check on the fresh host: succeeds and writes nothing"
 snap() {   # the clone's untracked and ignored files (the venv aside), the CA dir, the project's containers
-  (cd "$REPO" && git status --porcelain --ignored | grep -v '^!! \.venv/$' || :)
+  # .venv and the hyhome command's run records (.hyhome/ at the repository root) are not the project's
+  (cd "$REPO" && git status --porcelain --ignored | grep -v -e '^!! \.venv/$' -e '^!! \.hyhome/$' || :)
   ls -A "$WORK/ca" 2>/dev/null || :
   docker ps -aq --filter "label=com.docker.compose.project=$PROJECT"
 }
 (cd "$REPO" && bash scripts/setup.sh runtime >/dev/null)
 fresh=$(snap)
-day0 --check --diff >/dev/null
+rc=0
+(cd "$REPO" && ./scripts/day0.sh -e "tls_ca_dir=$WORK/ca" --check --diff) >"$(next_log check-fresh)" 2>&1 || rc=$?
+[ "$rc" = 2 ] || fail "--check on a fresh host exited $rc, expected 2 (hyhome check: changes to make)"
 [ "$fresh" = "$(snap)" ] || fail "--check on a fresh host wrote something: $(diff <(echo "$fresh") <(snap) | head -5)"
 
-say "1. first day0 run"
+say "1. first day0 run (hyhome day0 --json)"
 t=$SECONDS
-log=$(day0)
+log=$(next_log day0-json)
+(cd "$REPO" && .venv/bin/hyhome day0 --json -e "tls_ca_dir=$WORK/ca") >"$log.json" 2>"$log" \
+  || { cat "$log" "$log.json" | tail -n 60 >&2; fail "hyhome day0 --json failed (report: $log.json)"; }
 say "first run: $((SECONDS - t)) s"
 assert_all_healthy
+check_report "$log.json"
 domain=$(env_get HYHOME_DOMAIN)
 https_get "web.$domain" / | grep -qi 'hy-home' || fail "web did not answer through the gateway"
 https_get "api.$domain" /readyz | grep -q '"ok"' || fail "api (with its database check) did not answer through the gateway"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 
 import pytest
@@ -12,11 +13,16 @@ from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_model imp
     Mount,
     Port,
     SecretRef,
+    UnusableFile,
+    guarded_cli,
     load_project,
     load_raw,
+    load_yaml_file,
     parse_bytes,
+    parse_yaml,
     project_from_config,
     project_from_raw,
+    raw_env_refs,
     scan_interpolations,
     split_compose_stderr,
 )
@@ -441,3 +447,205 @@ def test_raw_extends_merge_follows_compose():
     assert merged["cap_drop"] == ["ALL", "NET_RAW"]
     assert merged["security_opt"] == ["no-new-privileges:true"]
     assert base["volumes"] == ["./data/a:/a", "./data/b:/b:ro"]   # inputs untouched
+
+
+# ---------------------------------------------------------------- the one YAML loader: hostile files
+
+def billion_laughs(levels: int = 9, width: int = 9) -> str:
+    """The classic ~1 KB alias bomb: each level a list of ``width`` aliases of the level below
+    (9 x 9: 9**9 = 387,420,489 leaves once expanded)."""
+    lines = ['x-l0: &l0 ["lol", "${LOL}"]']
+    for i in range(1, levels):
+        lines.append(f"x-l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * width) + "]")
+    lines += ["services:", "  web:", "    image: busybox", f"    command: *l{levels - 1}"]
+    return "\n".join(lines) + "\n"
+
+
+def merge_bomb(levels: int = 12) -> str:
+    """The same with merge keys: each level merges the one below nine times."""
+    lines = ["x-m0: &m0 {a: 1, b: $B}"]
+    for i in range(1, levels):
+        lines.append(f"x-m{i}: &m{i}\n  <<: [" + ", ".join([f"*m{i - 1}"] * 9) + f"]\n  k{i}: v")
+    lines += ["services:", "  web:", f"    <<: *m{levels - 1}", "    image: busybox"]
+    return "\n".join(lines) + "\n"
+
+
+def project_with(tmp_path, content) -> str:
+    path = tmp_path / "compose.yaml"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    return str(path)
+
+
+@pytest.mark.parametrize("content", [billion_laughs(), merge_bomb()], ids=["aliases", "merge-keys"])
+def test_alias_bomb_fails_fast_with_one_line_naming_the_file(tmp_path, content):
+    path = project_with(tmp_path, content)
+    assert len(content) < 1500
+    with pytest.raises(UnusableFile) as err:
+        load_raw(str(tmp_path))
+    msg = str(err.value)
+    assert re.fullmatch(re.escape(path) + r": YAML aliases expand to more than [\d,]+ nodes \(alias bomb\?\)", msg)
+    assert err.value.path == path and isinstance(err.value, HyHomeError)
+    # every entry point reads through the same loader: load_project stops before docker runs
+    with pytest.raises(UnusableFile, match="alias bomb"):
+        load_project(str(tmp_path), docker=shutil.which("true") or "/bin/true")
+
+
+def test_alias_budget_counts_expansion_not_text(tmp_path):
+    """A small bomb under the budget loads, and the env walk visits each node once: refs under an
+    alias appear once per place the alias is used, with that place's path."""
+    project_with(tmp_path, billion_laughs(levels=3, width=3))   # 3 * 3 * 2 leaves
+    raw = load_raw(str(tmp_path))
+    refs = [r for r in raw_env_refs(raw) if r.service == "web"]
+    assert len(refs) == 9
+    assert refs[0].path == "services.web.command[0][0][1]" and refs[-1].path == "services.web.command[2][2][1]"
+    assert {r.location.line for r in refs} == {1}
+
+
+def test_recursive_alias_and_depth_bomb_are_refused(tmp_path):
+    project_with(tmp_path, "x-a: &a [1, *a]\nservices: {}\n")
+    with pytest.raises(UnusableFile, match=r"compose\.yaml: line 1: alias \*a is inside its own anchor &a"):
+        load_raw(str(tmp_path))
+    project_with(tmp_path, "services:\n  a:\n    command: " + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(UnusableFile, match=r"compose\.yaml: line 3: YAML nested deeper than 100 levels"):
+        load_raw(str(tmp_path))
+
+
+LEGIT_ANCHORS = """\
+x-logging: &logging
+  driver: json-file
+  options: {max-size: 10m}
+x-common: &common
+  restart: unless-stopped
+  security_opt: ["no-new-privileges:true"]
+  cap_drop: [ALL]
+  logging: *logging
+  healthcheck:
+    test: ["CMD-SHELL", "wget -qO- http://localhost:${HEALTH_PORT:-8080}/ || exit 1"]
+  environment: &env
+    TZ: ${TZ}
+services:
+  api:
+    <<: *common
+    image: example/api:1
+    restart: always
+    volumes: ["./api.conf:/etc/api.conf:ro"]
+  worker:
+    <<: [*common]
+    image: example/worker:1
+    environment:
+      <<: *env
+      QUEUE: jobs
+"""
+
+
+def test_anchors_and_merge_keys_still_work(tmp_path):
+    project_with(tmp_path, LEGIT_ANCHORS)
+    raw = load_raw(str(tmp_path))
+    assert raw.errors == []
+    data = raw.files[0].data
+    assert data["services"]["api"]["restart"] == "always"              # own key wins over the merged one
+    assert data["services"]["worker"]["restart"] == "unless-stopped"
+    assert data["services"]["worker"]["environment"] == {"TZ": "${TZ}", "QUEUE": "jobs"}
+    assert data["services"]["api"]["logging"] is data["x-logging"]     # an alias is the same object
+    # the nodes are left as written (merge keys included) for the walks that need lines
+    services = raw.files[0].node.value[2][1]
+    assert services.value[0][1].value[0][0].value == "<<"
+    project = project_from_raw(raw, config_error="no docker here")
+    assert project.services["api"].cap_drop == ["ALL"] and project.services["worker"].cap_drop == ["ALL"]
+    assert project.services["worker"].environment == {"TZ": "${TZ}", "QUEUE": "jobs"}
+    by_service = {(r.service, r.name, r.path) for r in raw_env_refs(raw)}
+    assert ("api", "HEALTH_PORT", "services.api.healthcheck.test[1]") in by_service
+    assert ("worker", "HEALTH_PORT", "services.worker.healthcheck.test[1]") in by_service
+    assert ("worker", "TZ", "services.worker.environment.TZ") in by_service
+    assert (None, "TZ", "x-common.environment.TZ") in by_service
+    assert [r.name for r in project.services["worker"].raw_interpolations] == ["HEALTH_PORT"]
+    assert project.services["api"].mounts[0].location == Location(str(tmp_path / "compose.yaml"), 18)
+
+
+UNUSABLE = [
+    ("nul", b"services:\n  a:\n    image: x\0\n", r"compose file contains a NUL byte \(offset 27\): a binary file"),
+    ("binary", bytes(range(256)) * 4, r"compose file contains a NUL byte"),
+    ("latin1", "services:\n  a:\n    image: café\n".encode("latin-1"),
+     r"compose file is not UTF-8 text \(byte 0xe9 on line 3\)"),
+    ("control", b"services:\n  a:\n    image: x\x07\n", r"compose file is not YAML text: unacceptable character"),
+    ("empty", b"", r"empty compose file"),
+    ("comments-only", b"# nothing here\n", r"empty compose file"),
+    ("list", b"- services\n", r"the top level of the compose file is a list, not a mapping"),
+    ("scalar", b"services\n", r"the top level of the compose file is a str, not a mapping"),
+]
+
+
+@pytest.mark.parametrize(("content", "message"), [c[1:] for c in UNUSABLE], ids=[c[0] for c in UNUSABLE])
+def test_unusable_compose_file_is_one_line_naming_it(tmp_path, content, message):
+    path = project_with(tmp_path, content)
+    with pytest.raises(UnusableFile) as err:
+        load_raw(str(tmp_path))
+    assert re.match(re.escape(path) + ": " + message, str(err.value))
+    assert "\n" not in str(err.value)
+
+
+def test_unusable_file_kinds(tmp_path):
+    (tmp_path / "compose.yaml").mkdir()
+    with pytest.raises(UnusableFile, match=r"compose\.yaml: compose file is a directory, not a file$"):
+        load_raw(str(tmp_path))
+    (tmp_path / "compose.yaml").rmdir()
+    os.mkfifo(tmp_path / "compose.yaml")   # must not block
+    with pytest.raises(UnusableFile, match=r"compose\.yaml: compose file is not a regular file$"):
+        load_raw(str(tmp_path))
+    os.unlink(tmp_path / "compose.yaml")
+    (tmp_path / "compose.yaml").write_text("services: {a: {image: x}}\n")
+    (tmp_path / "extra.yaml").mkdir()
+    with pytest.raises(UnusableFile, match=r"extra\.yaml: compose file is a directory, not a file$"):
+        load_raw(str(tmp_path), files=["compose.yaml", "extra.yaml"])
+    (tmp_path / "compose.override.yaml").symlink_to(tmp_path / "gone.yaml")
+    with pytest.raises(UnusableFile, match=r"compose\.override\.yaml: compose override file cannot be read"):
+        load_raw(str(tmp_path))
+
+
+def test_syntax_errors_stay_findings_with_lines(tmp_path):
+    for text, line, words in [("x: &a 1\ny: &a 2\nservices: {}\n", 2, "found duplicate anchor 'a'"),
+                              ("services:\n  a: *nope\n", 2, "found undefined alias 'nope'"),
+                              ("services: {}\n---\nb: 1\n", 2, "but found another document")]:
+        path = project_with(tmp_path, text)
+        raw = load_raw(str(tmp_path))
+        assert [(e.location.file, e.location.line) for e in raw.errors] == [(path, line)], text
+        assert words in raw.errors[0].message
+
+
+def test_load_yaml_file_names_the_file(tmp_path):
+    reg = tmp_path / "hyhome-secrets.yml"
+    reg.write_text("a: [1\n")
+    with pytest.raises(UnusableFile, match=re.escape(str(reg)) + r": registry is not valid YAML \(line 1\): "):
+        load_yaml_file(str(reg), "registry")
+    reg.write_text(billion_laughs())
+    with pytest.raises(UnusableFile, match="alias bomb"):
+        load_yaml_file(str(reg), "registry")
+    reg.write_text("a: {kind: provided}\n")
+    assert load_yaml_file(str(reg)) == {"a": {"kind": "provided"}}
+
+
+def test_parse_yaml_matches_pyyaml_on_a_real_file():
+    import yaml
+
+    with open(os.path.join(FULL, "compose.yaml"), encoding="utf-8") as fh:
+        text = fh.read()
+
+    assert parse_yaml(text, "compose.yaml")[1] == yaml.safe_load(text)
+    assert parse_yaml(LEGIT_ANCHORS, "x")[1] == yaml.safe_load(LEGIT_ANCHORS)
+
+
+def test_guarded_cli_never_ends_in_a_traceback(capsys):
+    def crash(argv):
+        raise KeyError("boom")
+
+    def bad(argv):
+        raise UnusableFile("/p/compose.yaml", "empty compose file")
+
+    assert guarded_cli("x", crash, []) == 3
+    assert capsys.readouterr().err == "x: internal error: KeyError: 'boom' (HYHOME_DEBUG=1 shows the traceback)\n"
+    assert guarded_cli("x", bad, []) == 2
+    assert capsys.readouterr().err == "x: /p/compose.yaml: empty compose file\n"
+    assert guarded_cli("x", lambda argv: 1, []) == 1

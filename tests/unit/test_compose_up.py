@@ -22,6 +22,7 @@ from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_model imp
     Service,
 )
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyHomeError
+from test_procs import _gone_soon  # same directory: the process-state helper
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "..", "fixtures", "compose_up")
 _ids = itertools.count(1)
@@ -840,3 +841,62 @@ def test_module_check_mode_on_a_machine_without_docker(tmp_path):
     assert any("not installed yet" in str(w) for w in out.get("warnings", []))
     out, _ = _run_module(tmp_path, {"project_dir": FIXTURE}, env=env)
     assert out["failed"] and "docker" in out["msg"]
+
+
+def test_module_check_mode_without_engine_reports_ignored_recreate_names(tmp_path):
+    env = dict(os.environ, DOCKER_HOST=f"unix://{tmp_path}/no-engine.sock")
+    out, _ = _run_module(tmp_path, {"project_dir": FIXTURE, "recreate": ["ghost", "web"],
+                                    "_ansible_check_mode": True}, env=env)
+    assert "failed" not in out, out.get("msg")
+    assert out["recreate_ignored"] == ["ghost"]
+    assert out["plan"]["web"]["action"] == "create"
+    assert any("ignored: ghost" in str(w) for w in out["warnings"])
+
+
+@pytest.mark.docker
+def test_module_check_mode_reports_ignored_recreate_names(live, tmp_path):
+    out, _ = _run_module(tmp_path, {"project_dir": str(live.dir), "project_name": live.name,
+                                    "recreate": ["web", "zz-ghost", "a-ghost"], "_ansible_check_mode": True})
+    assert "failed" not in out, out.get("msg")
+    assert out["recreate_ignored"] == ["a-ghost", "zz-ghost"]
+    assert any("ignored: a-ghost, zz-ghost" in str(w) for w in out["warnings"])
+    assert out["commands"] == [] and _started(live.name) == {}
+
+
+class _Timeout(cu.Engine):
+    """The real Engine.run with a stand-in `docker` that hangs the way a stuck compose plugin does."""
+
+    def __init__(self, tmp_path):   # no SDK, no engine: only what run() needs
+        docker = tmp_path / "docker"
+        self.pidfile = tmp_path / "plugin.pid"
+        docker.write_text(f"#!/bin/sh\nsleep 300 &\necho $! > {self.pidfile}\nwait\n")
+        docker.chmod(0o755)
+        self.base = [str(docker), "compose"]
+        self.env = dict(os.environ)
+        self.project_dir = str(tmp_path)
+        self.commands = []
+        self._image_ids = {}
+
+
+def test_engine_command_timeout_stops_the_compose_plugin_too(tmp_path):
+    eng = _Timeout(tmp_path)
+    with pytest.raises(HyHomeError, match=r"did not finish within 1s; it and its child processes were stopped"):
+        eng.run(["create", "web"], timeout=1)
+    plugin = int(eng.pidfile.read_text())
+    gone = _gone_soon(plugin)
+    if not gone:
+        os.kill(plugin, 9)
+    assert gone, "the compose plugin outlived the timeout"
+
+
+def test_module_shows_only_compose_error_lines_on_one_line(tmp_path):
+    proj = tmp_path / "bad"
+    proj.mkdir()
+    (proj / "compose.yaml").write_text("version: '3'\nservices:\n  s:\n    image: ${HYHOME_UNSET_VAR}busybox\n"
+                                       "    bogus: 1\n")
+    env = {k: v for k, v in os.environ.items() if k != "HYHOME_UNSET_VAR"}
+    out, err = _run_module(tmp_path, {"project_dir": str(proj)}, env=env)
+    assert out["failed"] and "Traceback" not in err
+    assert out["msg"].startswith(f"docker compose rejects the project in {proj}: ")
+    assert "Additional property bogus is not allowed" in out["msg"]
+    assert "\n" not in out["msg"] and "HYHOME_UNSET_VAR" not in out["msg"] and "level=" not in out["msg"]

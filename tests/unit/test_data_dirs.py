@@ -662,3 +662,164 @@ def test_module_refusal_is_a_clean_failure(tmp_path):
     res = run_module(tmp_path, r)
     assert res["failed"] and "refusing bind-mount path /var/lib/docker/volumes" in res["msg"]
     assert "Traceback" not in res.get("module_stderr", "") and not os.path.exists(os.path.join(r, "data"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Hard links and bad ids (issue 13)
+
+
+def one_service_project(root, user="1000:1000", mounts=None):
+    mounts = mounts or [Mount("bind", "/d", False, os.path.join(root, "data"))]
+    return Project("p", str(root), [], services={"s": Service("s", BUSYBOX, None, user, mounts=mounts)})
+
+
+def test_walk_skips_hard_linked_files_and_lists_them(tmp_path):
+    """`ln /etc/shadow data/x` must not hand the host file to the container's uid."""
+    outside = tmp_path / "outside-secret"
+    outside.write_text("s")
+    os.chmod(outside, 0o600)
+    root = make_tree(str(tmp_path / "t"), dirs=1, files=2)
+    os.link(outside, os.path.join(root, "d0/inner/linked"))
+    os.link(outside, os.path.join(root, "linked-too"))
+    check = dd.walk_fix(root, writable_rule(), check=True)
+    assert check.skipped_hardlinks == 2
+    stats = dd.walk_fix(root, writable_rule())
+    assert owner_mode(outside) == (0, 0, 0o600)
+    assert stats.skipped_hardlinks == 2
+    assert sorted(stats.hardlinks) == [os.path.join(root, "d0/inner/linked"), os.path.join(root, "linked-too")]
+    assert owner_mode(os.path.join(root, "d0/f0"))[:2] == (1000, 1000)       # the rest is fixed
+    assert all(s["path"] not in stats.hardlinks for s in stats.samples)
+
+
+def test_hard_linked_special_files_are_skipped_too(tmp_path):
+    root = str(tmp_path / "t")
+    os.mkdir(root)
+    os.symlink("/etc/hostname", os.path.join(root, "ln"))
+    os.link(os.path.join(root, "ln"), tmp_path / "other-name", follow_symlinks=False)   # a second name of the link
+    stats = dd.walk_fix(root, writable_rule())
+    assert stats.skipped_hardlinks == 1 and os.lstat(tmp_path / "other-name").st_uid == 0
+
+
+def test_apply_reports_hard_links_and_changes_nothing_outside(tmp_path):
+    project = one_service_project(tmp_path)
+    os.mkdir(tmp_path / "data")
+    (tmp_path / "host.conf").write_text("x")
+    os.link(tmp_path / "host.conf", tmp_path / "data/alias")
+    res = dd.apply(dd.plan(project, {}, FakeImages()), recurse=True)
+    entry = res["paths"][0]
+    assert entry["skipped_hardlinks"] == 1 and entry["hardlinks"] == [str(tmp_path / "data/alias")]
+    assert owner_mode(tmp_path / "host.conf")[:2] == (0, 0)
+    assert owner_mode(tmp_path / "data")[:2] == (1000, 1000)
+
+
+def test_hard_linked_bind_mounted_file_is_refused_before_anything_changes(tmp_path):
+    (tmp_path / "host-file").write_text("x")
+    os.chmod(tmp_path / "host-file", 0o600)
+    os.link(tmp_path / "host-file", tmp_path / "app.conf")
+    project = one_service_project(tmp_path, mounts=[
+        Mount("bind", "/d", False, str(tmp_path / "data")),
+        Mount("bind", "/etc/app.conf", False, str(tmp_path / "app.conf"))])
+    with pytest.raises(HyHomeError) as exc:
+        dd.plan(project, {}, FakeImages())
+    msg = exc.value.msg
+    assert msg.startswith("nothing changed; refused: refusing bind-mounted file ") and "2 hard links" in msg
+    assert "\n" not in msg and "(:ro)" not in msg
+    assert not os.path.exists(tmp_path / "data")
+    assert owner_mode(tmp_path / "host-file") == (0, 0, 0o600)
+
+
+def test_hard_linked_bind_mounted_file_needing_no_change_is_accepted(tmp_path):
+    (tmp_path / "host-file").write_text("x")
+    os.chown(tmp_path / "host-file", 1000, 1000)
+    os.chmod(tmp_path / "host-file", 0o600)
+    os.link(tmp_path / "host-file", tmp_path / "app.conf")
+    project = one_service_project(tmp_path, mounts=[Mount("bind", "/etc/app.conf", False, str(tmp_path / "app.conf"))])
+    res = dd.apply(dd.plan(project, {}, FakeImages()))
+    assert not res["changed"] and res["paths"][0]["state"] == "ok"
+    # A path override with its current owner and mode is the documented way to accept one.
+    os.chown(tmp_path / "host-file", 0, 0)
+    ov = {"overrides": {"./app.conf": {"owner": 0, "group": 0, "mode": "0600"}}}
+    assert not dd.apply(dd.plan(project, ov, FakeImages()))["changed"]
+
+
+def test_symlinked_bind_mounted_file_is_fixed_through_its_target_inside_only(tmp_path):
+    """Existing behaviour kept: a symlinked file inside the root resolves to its target; one leading
+    outside is refused."""
+    (tmp_path / "real.conf").write_text("x")
+    os.chmod(tmp_path / "real.conf", 0o600)
+    os.symlink("real.conf", tmp_path / "app.conf")
+    project = one_service_project(tmp_path, mounts=[Mount("bind", "/etc/app.conf", False, str(tmp_path / "app.conf"))])
+    dd.apply(dd.plan(project, {}, FakeImages()))
+    assert owner_mode(tmp_path / "real.conf")[:2] == (1000, 1000)
+    os.unlink(tmp_path / "app.conf")
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.conf"
+    outside.write_text("x")
+    os.symlink(outside, tmp_path / "app.conf")
+    try:
+        with pytest.raises(HyHomeError, match="a symlink makes it resolve to"):
+            dd.plan(project, {}, FakeImages())
+        assert owner_mode(outside)[:2] == (0, 0)
+    finally:
+        outside.unlink()
+
+
+@pytest.mark.parametrize(("user", "options", "match"), [
+    ("-5", {}, "user '-5': uid '-5' must not be negative"),
+    ("1000:-5", {}, "gid '-5' must not be negative"),
+    ("99999999999", {}, "is too large"),
+    ("4294967295", {}, "is too large"),                           # (uid_t)-1 means "keep" to chown
+    (None, {"overrides": {"s": {"owner": -1}}}, "override for service s: owner -1 must not be negative"),
+    (None, {"overrides": {"s": {"owner": "-1"}}}, "owner '-1' must not be negative"),
+    (None, {"overrides": {"s": {"owner": 2**40}}}, "is too large"),
+    (None, {"overrides": {"s": "1000:-1"}}, "gid '-1' must not be negative"),
+    (None, {"overrides": {"./data": {"owner": -3}}}, "override for path .*data: owner -3 must not be negative"),
+    (None, {"overrides": {"./data": {"group": "-3"}}}, "override for path .*data: group '-3' must not be negative"),
+    (None, {"overrides": {"./data": "1:2"}}, "override for path ./data: '1:2' must be a mapping"),
+    (None, {"image_users": {"hyhome/busybox": "-7"}}, r"image_users\[hyhome/busybox\]: uid '-7' must not be"),
+    (None, {"image_users": {"hyhome/busybox": str(2**33)}}, "is too large"),
+])
+def test_bad_ids_fail_before_anything_is_created(tmp_path, user, options, match):
+    project = one_service_project(tmp_path, user=user)
+    with pytest.raises(HyHomeError, match=match) as exc:
+        dd.apply(dd.plan(project, options, FakeImages()))
+    assert "\n" not in exc.value.msg
+    assert os.listdir(tmp_path) == []
+
+
+def test_bad_shared_group_fails_before_anything_is_created(tmp_path):
+    mounts = [Mount("bind", "/d", False, os.path.join(tmp_path, "data"))]
+    project = Project("p", str(tmp_path), [], services={
+        "a": Service("a", BUSYBOX, None, "1000:1000", mounts=mounts),
+        "b": Service("b", BUSYBOX, None, "2000:2000", mounts=mounts)})
+    for bad in (-4, "-4", 2**40):
+        with pytest.raises(HyHomeError, match=r"shared_group: group .* (must not be negative|is too large)"):
+            dd.plan(project, {"shared_group": bad}, FakeImages())
+    assert os.listdir(tmp_path) == []
+
+
+def test_ids_in_image_account_files_out_of_range_are_ignored():
+    assert dd.parse_passwd("a:x:-1:0::/:/bin/sh\nb:x:4294967296:1::/:/bin/sh\nc:x:5:5::/:/bin/sh\n") == {"c": (5, 5)}
+    assert dd.parse_group("g:x:-1:\nh:x:99999999999:\nk:x:7:\n") == {"k": 7}
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_module_bad_uid_and_hard_links(tmp_path):
+    r = tmp_path / "proj"
+    r.mkdir()
+    (r / "compose.yaml").write_text("services:\n  s:\n    image: hyhome/busybox:local\n    user: '-5'\n"
+                                    "    volumes: ['./data:/d']\n")
+    res = run_module(tmp_path, str(r))
+    assert res["failed"] and res["msg"] == ("nothing changed: service s: user '-5': uid '-5' must not be negative")
+    assert "Traceback" not in res.get("module_stderr", "") and not (r / "data").exists()
+
+    (r / "compose.yaml").write_text("services:\n  s:\n    image: hyhome/busybox:local\n    user: '1000'\n"
+                                    "    volumes: ['./data:/d']\n")
+    (r / "data").mkdir()
+    (tmp_path / "host.conf").write_text("x")
+    os.link(tmp_path / "host.conf", r / "data/alias")
+    res = run_module(tmp_path, str(r), "-e", "recurse=true")
+    assert not res.get("failed"), res
+    assert any("1 hard-linked file(s) left unchanged" in w and str(r / "data/alias") in w
+               for w in res.get("warnings", []))
+    assert owner_mode(tmp_path / "host.conf")[:2] == (0, 0)

@@ -261,12 +261,255 @@ def test_a_secret_left_in_an_existing_env_is_removed_and_masked_in_diffs(project
     before = env.read_text() + "OLD_SECRET=leaked-value\n"
     env.write_text(before)
     p = core.plan(str(project), {}, env_refs=refs_of(project))
-    assert p.removed == ["OLD_SECRET"]
-    assert any("OLD_SECRET" in w and "leaked-value" not in w for w in p.warnings)
+    assert p.removed == ["OLD_SECRET"] and p.lost_secrets == ["OLD_SECRET"]
+    note = core.lost_secrets_note(p)
+    assert "OLD_SECRET" in note and "would be kept under" in note and "leaked-value" not in note
     shown = core.masked(p.before)
     assert "OLD_SECRET=<hidden>" in shown and "leaked-value" not in shown
     core.apply(p)
     assert "leaked-value" not in env.read_text()
+
+
+# Vendor key shapes, assembled here so the repository holds no literal that a secret scanner (or a
+# reader) would take for a live key. None of them is real.
+FAKE_KEYS = {
+    "aws": "AKIA" + "IOSFODNN7" + "EXAMPLE",
+    "aws-temporary": "ASIA" + "Q3EXAMPLE" + "Z1X2C3V",
+    "stripe": "sk_" + "live_" + "51HfakeFAKEfake00AbCdEf",
+    "stripe-restricted": "rk_" + "live_" + "51HfakeFAKEfake00AbCdEf",
+    "stripe-webhook": "whsec_" + "Fake" * 8,
+    "github": "ghp_" + "FakeToken0" * 3 + "abcdef",
+    "github-fine-grained": "github_pat_" + "11AAAAAAA0" * 3 + "_Fake",
+    "gitlab": "glpat-" + "Fake-Token_0123456789",
+    "slack": "xoxb-" + "1234567890-0987654321-FakeFakeFake",
+    "slack-webhook": "https://hooks.slack.com/" + "services/T000/B000/FakeFakeFake",
+    "google": "AIza" + "SyFake" + "x" * 29,
+    "openai": "sk-" + "proj-" + "FakeFakeFake" * 3,
+    "anthropic": "sk-" + "ant-api03-" + "FakeFakeFake" * 3,
+    "npm": "npm_" + "Fake" * 9,
+    "sendgrid": "SG." + "FakeFakeFake" * 2 + "." + "FakeFakeFake" * 4,
+    "jwt": "eyJ" + "hbGciOiJIUzI1NiJ9" + ".eyJ" + "zdWIiOiIxMjM0NTY3ODkwIn0" + ".Fake_signature",
+    "pem": "-----BEGIN " + "OPENSSH PRIVATE KEY-----",
+    "url-password": "postgres://app:" + "Pa55-word" + "@db:5432/app",
+    "jdbc-url-password": "jdbc:postgresql://app:" + "Pa55-word" + "@db/app",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(FAKE_KEYS))
+def test_vendor_key_shapes_are_refused_under_neutral_names(project, kind):
+    value = FAKE_KEYS[kind]
+    assert core.looks_like_secret_value(value)
+    assert core.looks_like_secret_value(f"prefix {value} suffix")           # anywhere in the value
+    with pytest.raises(HyHomeError) as err:
+        core.plan(str(project), {"SITE_NOTE": value}, env_refs=[])
+    assert "SITE_NOTE:" in err.value.msg and value not in err.value.msg and value[6:14] not in err.value.msg
+    assert not (project / ".env").exists()
+
+
+@pytest.mark.parametrize("value", [
+    "hyhome.localhost", "https://example.org:8443/path@anchor", "https://user@example.org/", "mask_live_trace",
+    "sk-learn-pipeline", "AKIAS", "https://hooks.slack.com/services/...",
+    "MYAKIAIOSFODNN7EXAMPLEX", "5d0c1a7e-0e57-4c39-a2b0-7a2e0bb6b1c2",
+    "MkU3OEVBNTcwNTJENDM2Qk", "0123456789abcdef0123456789abcdef", "eyJonly.one-part", "1@kafka:9093",
+])
+def test_ordinary_values_are_not_taken_for_keys(value):
+    assert core.looks_like_secret_value(value) is None
+
+
+def test_validate_credential_rule_reads_the_same_table():
+    """One table of secret shapes serves env and validate's credential-literal rule."""
+    from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_validate import literal_credential
+
+    for value in FAKE_KEYS.values():
+        assert literal_credential("SITE_NOTE", value) == core.looks_like_secret_value(value)
+
+
+def test_log_masking_keeps_secret_values_masked_and_lifts_the_others():
+    values = {"SITE_NAME": "lab.example.org", "PORT": 443, "RATIO": 1.5, "ON": True, "NOTE": FAKE_KEYS["jwt"],
+              "DB_PASSWORD": "x1", FAKE_KEYS["github"]: "1", "NESTED": {"A": "b"}, "PASSWORD_MIN_LENGTH": "12"}
+    secret, plain = core.log_masking(values, ["PASSWORD_MIN_LENGTH"])
+    assert secret == {FAKE_KEYS["jwt"], "x1", "1"}
+    assert plain == {"lab.example.org", "443", "1.5", "12"}
+    assert core.log_masking(["not", "a", "mapping"]) == (set(), set())
+
+
+# --- what diffs, results and errors show ------------------------------------------------------
+
+
+HAND_SET = {
+    "DATABASE_URL": FAKE_KEYS["url-password"],          # neutral name, password in the URL
+    "UPLOAD_ID": FAKE_KEYS["aws"],
+    "CI_NOTE": FAKE_KEYS["github"],
+    "OLD_PASSWORD": "hunter2-by-hand",                 # sensitive name
+}
+
+
+def hand_set_env(project: Path) -> str:
+    run(project)
+    env = project / ".env"
+    text = (env.read_text() + "".join(f"{k}={v}\n" for k, v in HAND_SET.items())
+            + f"# the old one was {FAKE_KEYS['stripe']}\n" + FAKE_KEYS["stripe-restricted"] + "\n")
+    env.write_text(text)
+    return text
+
+
+def secrets_in(text: str) -> list[str]:
+    values = [*HAND_SET.values(), FAKE_KEYS["stripe"], FAKE_KEYS["stripe-restricted"], "Pa55-word"]
+    return [v[:6] for v in values if v in text]
+
+
+def test_diff_masks_both_sides_by_name_and_by_content(project):
+    before = hand_set_env(project)
+    p = core.plan(str(project), {"SITE_NAME": "changed"}, env_refs=refs_of(project))
+    d = core.diff(p)
+    assert d["before_header"] == d["after_header"] == str(project / ".env")
+    assert secrets_in(before) and secrets_in(d["before"] + d["after"]) == []
+    shown = d["before"].splitlines()
+    for key in HAND_SET:
+        assert f"{key}=<hidden>" in shown
+    assert shown.count(core.HIDDEN_LINE) == 2        # the comment and the token alone on its line
+    assert "SITE_NAME=fixture" in shown and "SITE_NAME=changed" in d["after"]   # the rest is readable
+    assert d["after"] == p.content                   # nothing secret on the after side: nothing hidden
+
+
+def test_masking_hides_every_line_of_a_pem_block_and_keeps_export():
+    body = "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW"
+    text = (f"A=1\nexport API_KEY=abc\n{FAKE_KEYS['pem']}\n{body}\n-----END OPENSSH PRIVATE KEY-----\nB=2\n"
+            f'C="{FAKE_KEYS["pem"]}\n{body}\n-----END OPENSSH PRIVATE KEY-----"\nD=4\n')
+    shown = core.masked(text).splitlines()
+    assert shown == ["A=1", "export API_KEY=<hidden>", core.HIDDEN_LINE, core.HIDDEN_LINE, core.HIDDEN_LINE, "B=2",
+                     "C=<hidden>", core.HIDDEN_LINE, core.HIDDEN_LINE, "D=4"]
+    assert core.masked(None) == ""
+
+
+def test_a_token_pasted_as_a_name_is_reported_by_line_only(project):
+    run(project)
+    env = project / ".env"
+    env.write_text(env.read_text() + FAKE_KEYS["github"] + "\n")
+    number = len(env.read_text().splitlines())
+    p = core.plan(str(project), {}, env_refs=refs_of(project))
+    assert p.removed == [f"(line {number}: a name that looks like a secret)"]
+    assert p.lost_secrets == [f"line {number}"]
+    with pytest.raises(HyHomeError) as err:
+        core.plan(str(project), {FAKE_KEYS["github"]: "1"}, env_refs=[])
+    assert FAKE_KEYS["github"] not in err.value.msg
+
+
+BAD_LINES = [
+    ("just " + FAKE_KEYS["url-password"], "not a KEY=value line"),
+    ("A='" + FAKE_KEYS["url-password"], "unterminated ' quote"),
+    ('A="x" ' + FAKE_KEYS["url-password"], "unexpected text after the closing quote"),
+    ("1" + FAKE_KEYS["aws"] + "=x", "not a valid variable name"),
+    (FAKE_KEYS["url-password"] + "=x", "not a valid variable name"),
+    ("A=" + FAKE_KEYS["aws"] + "\nA=" + FAKE_KEYS["aws"], "duplicate key, already set on line 2"),
+]
+
+
+@pytest.mark.parametrize(("line", "message"), BAD_LINES)
+def test_parse_errors_say_file_line_and_kind_never_the_content(project, line, message):
+    with pytest.raises(HyHomeError) as err:
+        core.parse("# header\n" + line + "\n", "x.env")
+    assert err.value.msg.startswith("x.env:") and message in err.value.msg
+    assert "\n" not in err.value.msg
+    for part in ("Pa55", "IOSFODNN", "postgres", "just"):
+        assert part not in err.value.msg
+    # the same through plan, from an existing .env and from the example: nothing written
+    (project / ".env").write_text("# header\n" + line + "\n")
+    with pytest.raises(HyHomeError) as err:
+        core.plan(str(project), {}, env_refs=[])
+    assert err.value.msg.startswith(".env:") and "Pa55" not in err.value.msg and "IOSFODNN" not in err.value.msg
+    assert (project / ".env").read_text() == "# header\n" + line + "\n"
+
+
+def test_lines_split_at_newline_only_and_crlf_is_read(project):
+    lines = core.parse("A=1\r\nB='x\u2028y\x0bz'\r\n# c\nC=3\n")
+    assert core.as_dict(lines) == {"A": "1", "B": "x\u2028y\x0bz", "C": "3"}
+    assert [ln.number for ln in lines] == [1, 2, 3, 4]
+    assert core.as_dict(core.parse("K=" + core.format_value("K", "a\u2028b") + "\n")) == {"K": "a\u2028b"}
+
+
+# --- backups of hand-set secrets -----------------------------------------------------------------
+
+
+def test_a_hand_set_secret_is_backed_up_0600_before_it_is_removed(project):
+    before = hand_set_env(project)
+    env = project / ".env"
+    p = core.plan(str(project), {}, env_refs=refs_of(project))
+    assert p.lost_secrets == [*HAND_SET, f"line {len(before.splitlines()) - 1}", f"line {len(before.splitlines())}"]
+    assert "would be kept under" in core.lost_secrets_note(p)
+    assert not (project / ".hyhome").exists()                              # planning writes nothing
+    core.apply(p)
+    backups = project / ".hyhome" / "env-backups"
+    assert [str(backups / n) for n in os.listdir(backups)] == [p.backup_file]
+    assert os.path.basename(p.backup_file).startswith(".env.")
+    assert Path(p.backup_file).read_text() == before
+    assert stat.S_IMODE(os.stat(p.backup_file).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(backups).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(project / ".hyhome").st_mode) == 0o700
+    assert secrets_in(env.read_text()) == []
+    note = core.lost_secrets_note(p)
+    assert p.backup_file in note and "DATABASE_URL" in note and secrets_in(note) == []
+    assert "\n" not in note
+    assert not run(project).changed_any                                     # converged: nothing more to keep
+
+
+def test_each_backup_gets_its_own_name(project):
+    paths = []
+    for _ in range(2):
+        hand_set_env(project)
+        p = core.plan(str(project), {}, env_refs=refs_of(project))
+        core.apply(p)
+        paths.append(p.backup_file)
+    assert len(set(paths)) == 2 and all(os.path.isfile(x) for x in paths)
+
+
+def test_no_backup_when_no_secret_is_lost(project):
+    run(project, {"SITE_NAME": "x"})
+    env = project / ".env"
+    env.write_text(env.read_text() + "STRAY=1\n")
+    p = run(project, {"SITE_NAME": "y"})
+    assert p.content_changed and p.lost_secrets == [] and p.backup_file is None
+    assert core.lost_secrets_note(p) is None and not (project / ".hyhome").exists()
+
+
+def test_an_unsafe_backup_dir_leaves_env_unchanged(project, tmp_path):
+    before = hand_set_env(project)
+    (project / ".hyhome").mkdir(mode=0o700)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.symlink(elsewhere, project / ".hyhome" / "env-backups")
+    p = core.plan(str(project), {}, env_refs=refs_of(project))
+    with pytest.raises(HyHomeError, match=r"cannot back up .* left unchanged: .* not a directory of this user"):
+        core.apply(p)
+    assert (project / ".env").read_text() == before and os.listdir(elsewhere) == []
+
+
+# --- hostile file states -------------------------------------------------------------------------
+
+
+def test_a_hard_linked_env_is_rewritten_not_chmodded(project, tmp_path):
+    run(project)
+    other = tmp_path / "other"
+    os.link(project / ".env", other)
+    os.chmod(other, 0o600)                        # the shared inode: .env's mode drifts too
+    p = core.plan(str(project), {}, env_refs=refs_of(project))
+    assert p.content_changed and any("hard link" in w for w in p.warnings)
+    core.apply(p)
+    assert stat.S_IMODE(os.stat(other).st_mode) == 0o600 and os.stat(other).st_nlink == 1
+    assert stat.S_IMODE(os.stat(project / ".env").st_mode) == 0o640
+    assert not run(project).changed_any
+
+
+def test_a_fifo_or_a_huge_example_is_refused_without_blocking(project):
+    example = project / ".env.example"
+    os.remove(example)
+    os.mkfifo(example)
+    with pytest.raises(HyHomeError, match="not a regular file"):
+        core.plan(str(project), {}, env_refs=[])
+    os.remove(example)
+    example.write_bytes(b"A=1\n" * (core.MAX_ENV_BYTES // 4 + 1))
+    with pytest.raises(HyHomeError, match="larger than 1024 KiB"):
+        core.plan(str(project), {}, env_refs=[])
 
 
 # --- required variables ------------------------------------------------------------------------
@@ -499,3 +742,105 @@ def test_embedded_stack_example_is_complete_and_secret_free(tmp_path):
     values = core.as_dict(core.parse(p.content))
     assert values["HYHOME_DOMAIN"] == "hyhome.localhost"
     assert core.secret_problems(values) == []
+
+
+# --- the module and the role through ansible-playbook -vvv --------------------------------------
+
+VVV_PLAY = """
+- name: env_file, verbosely
+  hosts: all
+  gather_facts: false
+  vars:
+    hyhome_env_file: ""
+    hyhome_compose_files: []
+  tasks:
+    - name: Refused values under neutral names, module
+      block:
+        - name: Env file module
+          hyhome.bootstrap.env_file:
+            project_dir: "{{ project }}"
+            values: "{{ refused }}"
+      rescue:
+        - name: Keep the refusal
+          ansible.builtin.set_fact:
+            module_refusal: "{{ ansible_failed_result.msg }}"
+    - name: Refused values under neutral names, role
+      block:
+        - name: Env role
+          ansible.builtin.include_role:
+            name: hyhome.bootstrap.env
+          vars:
+            env_project_dir: "{{ project }}"
+            env_values: "{{ refused }}"
+      rescue:
+        - name: Keep the refusal
+          ansible.builtin.set_fact:
+            role_refusal: "{{ ansible_failed_result.msg }}"
+    - name: Preview over a .env holding hand-set secrets
+      hyhome.bootstrap.env_file:
+        project_dir: "{{ project }}"
+        values: {SITE_NAME: lab.example.org}
+      check_mode: true
+      diff: true
+      register: preview
+    - name: Real run, through the role
+      ansible.builtin.include_role:
+        name: hyhome.bootstrap.env
+      vars:
+        env_project_dir: "{{ project }}"
+        env_values: {SITE_NAME: lab.example.org}
+    - name: Results, for the test to read
+      ansible.builtin.copy:
+        content: "{{ {'module': module_refusal, 'role': role_refusal, 'pending': preview.pending,
+          'backup': env_result.backup_file} | to_json }}"
+        dest: "{{ results_file }}"
+        mode: "0600"
+"""
+
+
+@pytest.mark.slow
+def test_no_refused_or_hand_set_value_in_vvv_output(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "compose.yaml").write_text(
+        "services:\n  web:\n    image: hyhome/busybox:local\n    environment:\n      SITE: ${SITE_NAME}\n")
+    (project / ".env.example").write_text("SITE_NAME=fixture\n")
+    env_text = "".join(f"{k}={v}\n" for k, v in HAND_SET.items()) + f"# was {FAKE_KEYS['stripe']}\n"
+    (project / ".env").write_text(env_text)
+    refused = {f"NOTE_{i}": v for i, v in enumerate(FAKE_KEYS.values())} | {"SITE_NAME": "lab.example.org"}
+    (tmp_path / "vars.yml").write_text(json.dumps({"refused": refused, "project": str(project),
+                                                   "results_file": str(tmp_path / "results.json")}))
+    (tmp_path / "play.yml").write_text(VVV_PLAY)
+    bindir = os.path.dirname(sys.executable)
+    env = {**os.environ, "ANSIBLE_CONFIG": str(repo / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
+           "ANSIBLE_LOCALHOST_WARNING": "false", "PATH": f"{bindir}:{os.environ.get('PATH', '')}"}
+    proc = subprocess.run(
+        [os.path.join(bindir, "ansible-playbook"), "-vvv", "-i", "localhost,", "-c", "local",
+         "-e", f"ansible_python_interpreter={sys.executable}", "-e", f"@{tmp_path / 'vars.yml'}",
+         str(tmp_path / "play.yml")],
+        cwd=repo, env=env, capture_output=True, text=True, timeout=300, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+
+    secrets = [*FAKE_KEYS.values(), *HAND_SET.values(), "Pa55-word", "IOSFODNN7"]
+    leaked = [v[:6] + "..." for v in secrets if v in out]
+    assert leaked == [], f"{len(leaked)} value(s) appear in the -vvv output"
+
+    results = json.loads((tmp_path / "results.json").read_text())
+    for refusal in (results["module"], results["role"]):
+        assert refusal.startswith("refusing to write secrets to .env")
+        assert all(f"NOTE_{i}:" in refusal for i in range(len(FAKE_KEYS)))
+    assert results["pending"]["SITE_NAME"] == "lab.example.org"      # non-secret values stay readable
+    assert "SITE_NAME: lab.example.org" in out                       # in the -vvv invocation too
+    assert "DATABASE_URL=<hidden>" in out and "UPLOAD_ID=<hidden>" in out      # the masked diff
+    assert "would be kept under" in out and "DATABASE_URL" in out
+    backup = Path(results["backup"])
+    assert backup.parent == project / ".hyhome" / "env-backups" and backup.read_text() == env_text
+    assert stat.S_IMODE(backup.stat().st_mode) == 0o600
+    assert f"the previous file is kept in {backup}" in out
+    assert core.as_dict(core.parse((project / ".env").read_text())) == {"SITE_NAME": "lab.example.org"}

@@ -6,7 +6,7 @@ import os
 import subprocess
 
 import pytest
-from ansible_collections.hyhome.bootstrap.plugins.module_utils import mounts
+from ansible_collections.hyhome.bootstrap.plugins.module_utils import mounts, procs
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_model import Mount, Project, Service
 
 
@@ -167,10 +167,10 @@ def test_git_missing_or_slow_means_nothing_tracked(tmp_path, monkeypatch):
     assert mounts.tracked_paths(tmp_path) == frozenset()
     mounts.clear_cache()
 
-    def slow(*args, **kwargs):
-        raise subprocess.TimeoutExpired(args[0], kwargs.get("timeout"))
+    def slow(argv, **kwargs):
+        raise procs.CommandTimeout(argv, kwargs["timeout"])
 
-    monkeypatch.setattr(mounts.subprocess, "run", slow)
+    monkeypatch.setattr(mounts.procs, "run", slow)
     assert mounts.tracked_paths(tmp_path) == frozenset()
 
 
@@ -179,13 +179,13 @@ def test_one_git_call_per_project_directory(tmp_path, monkeypatch):
     (tmp_path / "a/x.yml").write_text("x")
     git_clone_like(tmp_path)
     calls = []
-    real = subprocess.run
+    real = procs.run
 
     def counting(cmd, **kwargs):
         calls.append(cmd)
         return real(cmd, **kwargs)
 
-    monkeypatch.setattr(mounts.subprocess, "run", counting)
+    monkeypatch.setattr(mounts.procs, "run", counting)
     project, s = project_with(tmp_path)
     for _ in range(5):
         mounts.classify(project, s, bind(tmp_path / "a"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -945,3 +946,33 @@ def test_host_checks_point_at_the_services_that_need_them():
     assert "(service os-1 (compose.yaml:9), os-2 (search.yml:3))" in vm.message
     port = by(findings, "host.ports", "tcp/8080")
     assert (port.file, port.line) == (compose, 20)
+
+
+# ---------------------------------------------------------------- unusable files: exit 2, one line, nothing written
+
+@pytest.mark.parametrize(("content", "words"), [
+    (bytes(range(256)), "contains a NUL byte"),
+    ("services:\n  a:\n    image: caf\xe9\n".encode("latin-1"), "is not UTF-8 text"),
+    (b"# only a comment\n", "empty compose file"),
+    (b"just a string\n", "not a mapping"),
+    (b"services:\n  a:\n    command: " + b"[" * 5000 + b"]" * 5000 + b"\n", "nested deeper than 100 levels"),
+], ids=["binary", "latin1", "empty", "scalar", "deep"])
+def test_cli_unusable_compose_file_exits_2_naming_it(tmp_path, capsys, content, words):
+    (tmp_path / "compose.yaml").write_bytes(content)
+    report = tmp_path / "report.json"
+    assert pf.cli([str(tmp_path), "--json", str(report), "--no-ports"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"preflight: {tmp_path / 'compose.yaml'}: ") and words in err
+    assert not report.exists()
+
+
+def test_alias_bomb_in_the_secrets_registry_is_a_blocker(tmp_path):
+    lines = ['x-a: &l0 ["lol"]'] + [f"x-{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, 9)]
+    registry = tmp_path / "hyhome-secrets.yml"
+    registry.write_text("\n".join(lines) + "\nsecrets: {a: *l8}\n")
+    data, problem = pf.load_secrets_registry(str(registry))
+    assert data == {} and re.fullmatch(r"YAML aliases expand to more than [\d,]+ nodes \(alias bomb\?\)", problem)
+    registry.write_bytes(b"a: \0")
+    assert pf.load_secrets_registry(str(registry))[1] == \
+        "secrets registry contains a NUL byte (offset 3): a binary file, not YAML text"

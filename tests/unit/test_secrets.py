@@ -514,12 +514,14 @@ def test_missing_public_key_is_rewritten_from_the_private_key(tmp_path):
     assert (tmp_path / "secrets/s.pub").read_bytes() == pub
 
 
-def test_stale_temp_files_of_a_crashed_writer_are_removed(tmp_path):
+def test_stale_temp_files_of_a_crashed_writer_are_removed_and_reported(tmp_path):
     d = tmp_path / "secrets"
     run([one(tmp_path)], d)
-    (d / ".s.tmp999.0").write_bytes(b"partial")
+    ours = d / ".s.tmp.hyhome-0123456789ab"     # the name fileops.atomic_write gives its temp files
+    ours.write_bytes(b"partial")
     p = run([one(tmp_path)], d)
-    assert p.changed and not (d / ".s.tmp999.0").exists()
+    assert p.changed and not ours.exists()
+    assert f"{ours}: removed" in p.diff()["after"]
 
 
 # --------------------------------------------------------------------------------------------

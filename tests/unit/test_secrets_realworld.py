@@ -21,19 +21,9 @@ from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_model imp
 )
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_model import Secret as ComposeSecret
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyHomeError
+from test_secrets import snapshot  # same directory: the "nothing written" proof
 
 USERNAME = re.compile(r"hyhome_[a-z]{6}[0-9]{2}")
-
-
-def snapshot(root: Path) -> dict:
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for n in dirnames + filenames:
-            p = Path(dirpath) / n
-            st = p.lstat()
-            out[str(p)] = (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
-                           p.read_bytes() if p.is_file() and not p.is_symlink() else None)
-    return out
 
 
 def compose_project(tmp_path: Path, secrets: list[str], services: dict | None = None) -> Project:

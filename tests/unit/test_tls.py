@@ -204,7 +204,12 @@ def test_ca_name_constraints_are_critical_and_enforced():
     [
         ({"key_type": "dsa"}, "unsupported CA key type"),
         ({"rsa_bits": 1024}, "unsupported CA RSA key size"),
-        ({"validity_days": 0}, "at least one day"),
+        ({"rsa_bits": 8192}, "unsupported CA RSA key size 8192: use one of 2048, 3072, 4096"),
+        ({"rsa_bits": 10**8}, "unsupported CA RSA key size"),
+        ({"validity_days": 0}, r"validity \(validity_days\) must be between 1 and 7305 days, got 0"),
+        ({"validity_days": 7306}, "must be between 1 and 7305 days"),
+        ({"validity_days": 10**9}, "must be between 1 and 7305 days"),     # not an OverflowError
+        ({"validity_days": "365"}, "whole number of days"),
         ({"organization": " "}, "must not be empty"),
         ({"permitted_dns": ("*.home.arpa",)}, "invalid permitted DNS"),
         ({"permitted_dns": ("10.0.0.1",)}, "invalid permitted DNS"),
@@ -352,10 +357,13 @@ def test_default_validity_never_exceeds_825_days():
     [
         ({"validity_days": 826}, "over the 825-day limit"),
         ({"validity_days": 3650}, "allow_long_validity"),
-        ({"validity_days": 0}, "at least one day"),
+        ({"validity_days": 0}, "must be between 1 and 3650 days, got 0"),
+        ({"validity_days": 3651, "allow_long_validity": True}, "must be between 1 and 3650 days"),
+        ({"validity_days": 10**9, "allow_long_validity": True}, "must be between 1 and 3650 days"),
         ({"key_type": "ed25519"}, "unsupported certificate key type"),
         ({"rsa_bits": 1024}, "unsupported certificate RSA key size"),
-        ({"renew_before_days": -1}, "must not be negative"),
+        ({"rsa_bits": 8192}, "unsupported certificate RSA key size 8192"),
+        ({"renew_before_days": -1}, "renew_before_days must be between 0 and"),
         ({"renew_before_days": 30, "validity_days": 30}, "every run would re-issue"),
         ({"renew_before_days": 900}, "every run would re-issue"),
         ({"organization": ""}, "must not be empty"),
@@ -375,6 +383,13 @@ def test_long_validity_needs_the_override(ca, ec_leaf_key):
 def test_empty_san_tuple_is_refused():
     with pytest.raises(HyHomeError, match="no certificate names"):
         tls.LeafProfile(sans=())
+
+
+def test_san_count_is_bounded():
+    names = [f"h{i}.home.arpa" for i in range(tls.MAX_SANS)]
+    assert len(profile(names).sans) == tls.MAX_SANS
+    with pytest.raises(HyHomeError, match=r"^101 certificate names given, at most 100"):
+        profile([*names, "one-more.home.arpa"])
 
 
 # ------------------------------------------------------------------------------------------

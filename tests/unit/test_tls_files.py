@@ -215,21 +215,24 @@ def test_leaf_request_defaults_and_bad_values(tmp_path, ca_dir):
         tls_files.run_local_ca({"state": "maybe"}, run=None)
 
 
+LONG = "x" * 300     # a path component over NAME_MAX: every file call fails with ENAMETOOLONG
+
+
 def test_leaf_oserror_is_a_clear_error(tmp_path, ca_dir):
     proj = tmp_path / "proj"
     proj.mkdir()
-    os.symlink(tmp_path / "nowhere", proj / "secrets")      # dangling: mkdir of certs/ fails
     req = tls_files.LeafRequest.from_options({"project_dir": str(proj), "ca_path": str(ca_dir),
-                                              "names": ["a.home.arpa"], "key_type": "ecdsa"})
-    with pytest.raises(HyHomeError, match=r"^leaf certificate: cannot access .*/secrets/certs: No such file"):
-        tls_files.ensure_leaf(req)
-    assert tls_files.ensure_leaf(req, check=True).changed      # check mode writes nothing: no error
+                                              "certs_dir": str(proj / LONG), "names": ["a.home.arpa"],
+                                              "key_type": "ecdsa"})
+    for check in (False, True):
+        with pytest.raises(HyHomeError, match=r"^leaf certificate: cannot access .*xxx: File name too long$"):
+            tls_files.ensure_leaf(req, check=check)
+    assert os.listdir(proj) == []
 
 
 def test_ca_oserror_is_a_clear_error(tmp_path):
-    os.symlink(tmp_path / "nowhere", tmp_path / "ca")
-    with pytest.raises(HyHomeError, match=r"^local CA: cannot access .*ca: File exists"):
-        tls_files.ensure_ca(tls_files.CARequest.from_options({"path": str(tmp_path / "ca"), "key_type": "ecdsa"}))
+    with pytest.raises(HyHomeError, match=r"^local CA: cannot access .*xxx: File name too long$"):
+        tls_files.ensure_ca(tls_files.CARequest.from_options({"path": str(tmp_path / LONG), "key_type": "ecdsa"}))
 
 
 def test_trust_commands_go_through_the_runner(tmp_path, ca_dir):
@@ -276,18 +279,17 @@ def run_module(module, args, tmp_path, check=False):
 def test_tls_certificate_module_oserror_is_a_clean_failure(tmp_path, ca_dir):
     proj = tmp_path / "proj"
     proj.mkdir()
-    os.symlink(tmp_path / "nowhere", proj / "secrets")
     res = run_module("tls_certificate", {"project_dir": str(proj), "ca_path": str(ca_dir),
-                                         "names": ["a.home.arpa"], "key_type": "ecdsa"}, tmp_path)
-    assert res["failed"] and res["msg"].startswith("leaf certificate: cannot access") and "secrets/certs" in res["msg"]
-    assert "Traceback" not in res["_stdout"]
+                                         "certs_dir": str(proj / LONG), "names": ["a.home.arpa"], "key_type": "ecdsa"},
+                     tmp_path)
+    assert res["failed"] and res["msg"].startswith("leaf certificate: cannot access") and "too long" in res["msg"]
+    assert "Traceback" not in res["_stdout"] and "\n" not in res["msg"]
 
 
 def test_local_ca_module_oserror_is_a_clean_failure(tmp_path):
-    os.symlink(tmp_path / "nowhere", tmp_path / "ca")
-    res = run_module("local_ca", {"path": str(tmp_path / "ca"), "key_type": "ecdsa"}, tmp_path)
+    res = run_module("local_ca", {"path": str(tmp_path / LONG), "key_type": "ecdsa"}, tmp_path)
     assert res["failed"] and res["msg"].startswith("local CA: cannot access")
-    assert "Traceback" not in res["_stdout"]
+    assert "Traceback" not in res["_stdout"] and "\n" not in res["msg"]
 
 
 COMPOSE = """

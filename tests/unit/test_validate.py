@@ -917,3 +917,52 @@ def test_writable_data_directories_are_not_scanned_for_scripts(tmp_path):
     (tmp_path / "data" / "run.sh").write_text("cat /run/secrets/x\n")
     found = validate(_script_project(tmp_path, [Mount("bind", "/data", False, str(tmp_path / "data"))]))
     assert not [f for f in found if f.rule == "secret-undeclared"]
+
+
+# ---------------------------------------------------------------- unusable files: exit 2, one line, nothing written
+
+@pytest.mark.parametrize(("content", "words"), [
+    (b"services:\n  a:\n    image: x\0\n", "contains a NUL byte"),
+    ("services:\n  a:\n    image: caf\xe9\n".encode("latin-1"), "is not UTF-8 text"),
+    (b"", "empty compose file"),
+    (b"- a\n", "not a mapping"),
+    ("\n".join(['x-a: &a ["lol"]'] + [f"x-{i}: &l{i} [" + ", ".join([f"*{'a' if i == 0 else f'l{i - 1}'}"] * 9) + "]"
+                                      for i in range(9)] + ["services: {a: {command: *l8}}"]).encode(), "alias bomb?"),
+], ids=["nul", "latin1", "empty", "list", "alias-bomb"])
+def test_cli_unusable_file_exits_2_naming_it(tmp_path, capsys, content, words):
+    (tmp_path / "compose.yaml").write_bytes(content)
+    report = tmp_path / "out" / "report.json"
+    assert main([str(tmp_path), "--json", str(report), "--no-yamllint"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"validate: {tmp_path / 'compose.yaml'}: ") and words in err
+    assert not report.parent.exists()
+
+
+def test_cli_internal_error_exits_3_not_1(tmp_path, capsys, monkeypatch):
+    import ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_validate as cv
+
+    def broken(*args, **kwargs):
+        raise ValueError("unexpected")
+
+    monkeypatch.setattr(cv, "run", broken)
+    monkeypatch.delenv("HYHOME_DEBUG", raising=False)
+    assert main([fixture("clean")]) == 3
+    assert capsys.readouterr().err == ("validate: internal error: ValueError: unexpected "
+                                       "(HYHOME_DEBUG=1 shows the traceback)\n")
+
+
+def test_trap_warning_dropped_and_many_warnings_located(tmp_path):
+    """compose's "X is not set" warning for a $X trap is reported once (as the trap); the others
+    point at the first reference of their variable."""
+    from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_model import load_raw, project_from_raw
+
+    (tmp_path / "compose.yaml").write_text(
+        "services:\n  a:\n    image: x\n    command: echo $TRAP\n    environment:\n      B: ${UNSET_B}\n")
+    raw = load_raw(str(tmp_path))
+    project = project_from_raw(raw, config_error=None)
+    project.config_warnings = ['The "TRAP" variable is not set. Defaulting to a blank string.',
+                               'The "UNSET_B" variable is not set. Defaulting to a blank string.']
+    found = [(f.rule, f.subject, f.line) for f in validate(project, [], raw)
+             if f.rule in ("compose-warning", "interpolation-trap")]
+    assert sorted(found) == [("compose-warning", "UNSET_B", 6), ("interpolation-trap", "TRAP", 4)]
