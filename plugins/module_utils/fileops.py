@@ -63,12 +63,35 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def os_error_text(exc: OSError, path: str | None = None) -> str:
+    """``<file>: <reason>`` for an OSError, the one-line form every module reports: the file the error
+    names, else ``path``; just the reason when neither is known. Never a value, only a path."""
+    name = exc.filename if exc.filename is not None else path
+    reason = exc.strerror or str(exc)
+    if name is None:
+        return reason
+    return f"{os.fsdecode(name) if isinstance(name, str | bytes) else name}: {reason}"
+
+
 def atomic_write(path: str, data: bytes, mode: int = 0o600, uid: int = -1, gid: int = -1) -> None:
     """Write ``data`` to ``path`` atomically with the given mode and owner (-1 keeps the default).
 
     The temp file is created 0600 before any byte is written, so the content is never exposed
-    with a looser mode, even briefly.
+    with a looser mode, even briefly. An OSError names ``path`` (never the temp file, and never
+    nothing, as a full disk failing ``write`` would): see :func:`os_error_text`.
     """
+    try:
+        _atomic_write(path, data, mode, uid, gid)
+    except OSError as exc:
+        ours = f".{os.path.basename(path)}{TEMP_MARK}"
+        named = exc.filename
+        if named is not None and not (isinstance(named, str | bytes)
+                                      and os.path.basename(os.fsdecode(named)).startswith(ours)):
+            raise       # names a file already (the directory, say): keep it
+        raise OSError(exc.errno, exc.strerror or str(exc), path) from None
+
+
+def _atomic_write(path: str, data: bytes, mode: int, uid: int, gid: int) -> None:
     directory = os.path.dirname(os.path.abspath(path)) or "."
     base = os.path.basename(path)
     tmp = None

@@ -323,6 +323,14 @@ def _htpasswd_settings(name: str, entry: dict) -> dict:
 
 def _spec_from(name: str, path: str, relpath: str, origin: str, entry: dict, default_kind: str,
                consumers: tuple[str, ...], persistent_default: bool = True) -> SecretSpec:
+    return SecretSpec(name=name, path=path, relpath=relpath, origin=origin,
+                      **_entry_fields(name, entry, default_kind, consumers, persistent_default))
+
+
+def _entry_fields(name: str, entry: dict, default_kind: str, consumers: tuple[str, ...] = (),
+                  persistent_default: bool = True) -> dict:
+    """Every SecretSpec field a registry entry decides (kind and its settings, access, flags), each
+    checked: the schema check of an entry, whether or not it ends up managing a file."""
     inferred = None if entry.get("kind") else infer_kind(name)
     kind = str(entry.get("kind") or (inferred[0] if inferred else default_kind))
     if kind not in KINDS:
@@ -337,9 +345,8 @@ def _spec_from(name: str, path: str, relpath: str, origin: str, entry: dict, def
         if not isinstance(raw, list | tuple):
             raise HyHomeError(f"secret {name}: consumers must be a list of service names")
         consumers = tuple(str(c) for c in raw)
-    return SecretSpec(
-        name=name, path=path, relpath=relpath, kind=kind, origin=origin,
-        owner=entry.get("owner"), group=entry.get("group"), mode=parse_mode(name, entry.get("mode")),
+    return dict(
+        kind=kind, owner=entry.get("owner"), group=entry.get("group"), mode=parse_mode(name, entry.get("mode")),
         consumers=tuple(sorted(set(consumers))),
         persistent=bool(entry.get("persistent", persistent_default and kind != "provided")),
         # An inferred provided secret was declared by nobody: a placeholder and a warning on every
@@ -512,6 +519,12 @@ def build_specs(project, registry: dict | None, secrets_dir: str, default_kind: 
         path, rel = _place(root, name, str(entry["file"]), "registry file")
         specs.append(_spec_from(name, path, rel, "registry", entry, default_kind,
                                 tuple(consumers.get(name, ())), persistent_default))
+    # Entries that manage nothing (no compose secret, no file, or excluded) are schema-checked too:
+    # an unknown kind or a bad length is refused, not merely listed as unused.
+    managed = {s.name for s in specs}
+    for name, entry in sorted(registry.items()):
+        if name not in managed:
+            _entry_fields(name, entry, default_kind, (), persistent_default)
     _check_consistent(specs)
     return specs
 

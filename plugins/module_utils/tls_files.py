@@ -9,18 +9,22 @@ hand in their options and get back an :class:`Outcome`; the certificate logic it
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import errno
+import fcntl
 import functools
 import os
 import shutil
 import stat
+import time
 from dataclasses import dataclass, field
 
 from ansible_collections.hyhome.bootstrap.plugins.module_utils import identity, mounts, tls
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyHomeError
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.fileops import (
     atomic_write,
+    os_error_text,
     parse_mode,
     read_bytes,
     refuse_dangerous,
@@ -48,10 +52,16 @@ def _os_errors(what: str):
             try:
                 return fn(*args, **kwargs)
             except OSError as exc:
-                target = f" {exc.filename}" if exc.filename else ""
-                raise HyHomeError(f"{what}: cannot access{target}: {exc.strerror or exc}") from None
+                raise HyHomeError(f"{what}: {os_error_text(exc)}") from None
         return inner
     return wrap
+
+
+def _write(path: str, data: bytes, mode: int, uid: int = -1, gid: int = -1) -> None:
+    """atomic_write for every file these modules write (leaf key and certificate, CA copy, CA key and
+    certificate), first removing the temp files a run killed while writing ``path`` left behind."""
+    remove_stale_temps(os.path.dirname(path), os.path.basename(path))
+    atomic_write(path, data, mode=mode, uid=uid, gid=gid)
 
 
 def _within(parent: str, path: str) -> bool:
@@ -421,7 +431,7 @@ def ensure_leaf(req: LeafRequest, check: bool = False, diff: bool = False) -> Ou
             out.changed = True
             if not check:
                 os.makedirs(os.path.dirname(req.ca_copy_path), mode=0o755, exist_ok=True)
-                atomic_write(req.ca_copy_path, ca_pem, mode=req.cert_mode, uid=req.uid, gid=req.gid)
+                _write(req.ca_copy_path, ca_pem, req.cert_mode, req.uid, req.gid)
         else:
             attrs.fix(req.ca_copy_path, req.cert_mode, "ca_copy_path")
     if not check or not issue:
@@ -449,12 +459,10 @@ def _write_leaf(req: LeafRequest, cert, key) -> None:
         os.makedirs(path, mode=0o755, exist_ok=True)
     for path, what in _leaf_paths(req):     # again, now that every directory exists: no link slipped in
         _refuse_linked_dirs(req.root, path, what)
-    remove_stale_temps(os.path.dirname(req.key_path), os.path.basename(req.key_path))
-    remove_stale_temps(os.path.dirname(req.cert_path), os.path.basename(req.cert_path))
     # Key before certificate: a crash in between leaves a mismatch the next run repairs.
     if key is not None:
-        atomic_write(req.key_path, tls.key_to_pem(key), mode=req.key_mode, uid=req.uid, gid=req.gid)
-    atomic_write(req.cert_path, tls.cert_to_pem(cert), mode=req.cert_mode, uid=req.uid, gid=req.gid)
+        _write(req.key_path, tls.key_to_pem(key), req.key_mode, req.uid, req.gid)
+    _write(req.cert_path, tls.cert_to_pem(cert), req.cert_mode, req.uid, req.gid)
 
 
 # --------------------------------------------------------------------------------------------
@@ -544,13 +552,57 @@ def _describe_ca(status: dict) -> str:
     return "".join(f"{k}: {status[k]}\n" for k in ("subject", "serial", "not_after", "key", "fingerprint_sha256"))
 
 
+# Held while a CA is created: a second run waits, then finds the CA the first one made.
+CA_LOCK_FILE = ".hyhome-ca.lock"
+CA_LOCK_WAIT = 300.0     # seconds; creating a CA takes seconds, even an RSA 4096 one on a slow host
+
+
+@contextlib.contextmanager
+def _ca_lock(ca_dir: str, wait: float = CA_LOCK_WAIT):
+    """An exclusive flock on CA_LOCK_FILE in ``ca_dir`` (a regular file of this user, never a link)."""
+    path = os.path.join(ca_dir, CA_LOCK_FILE)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+            raise HyHomeError(f"refusing CA lock file {path}: it is not a regular file of the user running this; "
+                              "remove it")
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise HyHomeError(f"another run has been creating the CA in {ca_dir} for over {wait:.0f} s "
+                                      f"(it holds {path}); run again when it is done") from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)
+
+
 @_os_errors("local CA")
 def ensure_ca(req: CARequest, check: bool = False):
     """Create the CA when missing, report drift, fix modes, never replace it unasked.
 
     Returns ``(Outcome, certificate or None)``; the certificate is None in check mode before creation.
+    Creation is exclusive (:func:`_ca_lock`): of two runs on a new CA directory, one creates the CA and
+    the other waits, then finds it and keeps it (changed=false), so one CA never silently replaces another.
     """
     refuse_dangerous(req.path, "CA directory")
+    done = _ensure_ca(req, check, locked=False)
+    if done is not None:
+        return done
+    if _check_ca_dir(req.path) is None:
+        os.makedirs(req.path, mode=0o700, exist_ok=True)
+        _fix_dir_mode(req.path, _check_ca_dir(req.path), 0o700, check)
+    with _ca_lock(req.path):
+        return _ensure_ca(req, check, locked=True)
+
+
+def _ensure_ca(req: CARequest, check: bool, locked: bool):
+    """ensure_ca's decision and work; None when the CA must be written and ``locked`` is false."""
     out = Outcome(result={"ca_dir": req.path, "certificate_path": req.cert_path, "key_path": req.key_path,
                           "created": False, "regenerated": False, "drift": []})
     dir_st = _check_ca_dir(req.path)
@@ -589,7 +641,9 @@ def ensure_ca(req: CARequest, check: bool = False):
             out.result["modes_fixed"] = [a.removeprefix("mode of ") for a, _, _ in fixes]
             _report_fixes(out, fixes)
         return out, cert
-    # Create (missing) or replace (regenerate=always).
+    # Create (missing) or replace (regenerate=always): under the lock, deciding again once it is held.
+    if not check and not locked:
+        return None
     out.result["created"] = True
     out.result["regenerated"] = exists
     key = tls.generate_key(req.profile.key_type, req.profile.rsa_bits)
@@ -606,11 +660,6 @@ def ensure_ca(req: CARequest, check: bool = False):
             _report_fixes(out, fixes)
     if check:
         return out, None
-    if dir_st is None:
-        os.makedirs(req.path, mode=0o700, exist_ok=True)
-        _fix_dir_mode(req.path, _check_ca_dir(req.path), 0o700, check)
-    remove_stale_temps(req.path, tls.CA_KEY_FILE)
-    remove_stale_temps(req.path, tls.CA_CERT_FILE)
     if exists:
         stamp = dt.datetime.now().strftime("%Y%m%dT%H%M%S")
         for path in (req.key_path, req.cert_path):
@@ -618,8 +667,8 @@ def ensure_ca(req: CARequest, check: bool = False):
                 os.replace(path, f"{path}.{stamp}.bak")
     # Key first: a crash leaves a key without a certificate, which the next run reports
     # instead of silently pairing a certificate with nothing.
-    atomic_write(req.key_path, tls.key_to_pem(key), mode=0o400)
-    atomic_write(req.cert_path, tls.cert_to_pem(cert), mode=0o644)
+    _write(req.key_path, tls.key_to_pem(key), 0o400)
+    _write(req.cert_path, tls.cert_to_pem(cert), 0o644)
     return out, cert
 
 
@@ -685,7 +734,7 @@ class TrustStores:
         if present:
             os.makedirs(store.anchor_dir, mode=0o755, exist_ok=True)
             if need_file:
-                atomic_write(anchor, pem, mode=0o644)
+                _write(anchor, pem, 0o644)
             self._run(list(store.update_cmd))
             entry["in_bundle"] = tls.bundle_contains(read_bytes(store.bundle) or b"", der)
             if not entry["in_bundle"]:

@@ -336,6 +336,7 @@ import os  # noqa: E402 - after the docs, as Ansible expects
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible_collections.hyhome.bootstrap.plugins.module_utils import secrets as core  # noqa: E402
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyHomeError  # noqa: E402
+from ansible_collections.hyhome.bootstrap.plugins.module_utils.fileops import os_error_text  # noqa: E402
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.project_options import (  # noqa: E402
     context_result,
     project_argspec,
@@ -392,7 +393,7 @@ def _apply(plan):
     try:
         core.apply(plan)
     except (HyHomeError, OSError) as e:
-        why = e.msg if isinstance(e, HyHomeError) else f"{e.strerror or e} ({e.filename or 'file'})"
+        why = e.msg if isinstance(e, HyHomeError) else os_error_text(e)
         if not plan.written:
             raise HyHomeError(f"secrets: {why}; nothing was written") from None
         raise HyHomeError(f"secrets: {why}; {len(plan.written)} path(s) were already written (see 'written'), "
@@ -482,7 +483,7 @@ def main():
         module.fail_json(msg=e.msg, **{k: v for k, v in e.details.items() if k in ("changed", "written")})
     except OSError as e:
         # Paths and errno only: no value is ever part of an OSError raised here.
-        module.fail_json(msg=f"secrets: {e.strerror or e} ({e.filename or 'file'})")
+        module.fail_json(msg=f"secrets: {os_error_text(e)}")
     module.exit_json(**result)
 
 

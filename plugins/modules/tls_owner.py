@@ -145,6 +145,7 @@ import os  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402 - after the documentation, as Ansible expects
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyHomeError  # noqa: E402
+from ansible_collections.hyhome.bootstrap.plugins.module_utils.fileops import os_error_text  # noqa: E402
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.project_options import (  # noqa: E402
     context_result,
     project_argspec,
@@ -185,7 +186,7 @@ def main():
         module.fail_json(msg=f"{exc.msg}. Set the owner explicitly (tls_key_owner, tls_key_group) to skip the "
                              "derivation from the project")
     except OSError as exc:
-        module.fail_json(msg=f"cannot read the project: {exc.filename or ''}: {exc.strerror}")
+        module.fail_json(msg=f"cannot read the project: {os_error_text(exc)}")
     for warning in outcome.warnings:
         module.warn(warning)
     module.exit_json(changed=False, project_context=context_result(project), **outcome.result)
