@@ -26,8 +26,9 @@ dest=$work/ansible_collections/hyhome/bootstrap
 mkdir -p "$dest"
 (
   cd "$ROOT"
-  git ls-files -z --cached --others --exclude-standard -- . ':!tests' ':!bench' ':!molecule' ':!stack' ':!.ci' ':!hyhome_cli' \
-    tests/sanity |
+  # (tests/sanity is listed by its own pathspec: an exclusion such as ':!tests' wins over any inclusion)
+  { git ls-files -z --cached --others --exclude-standard -- . ':!tests' ':!bench' ':!molecule' ':!stack' ':!.ci' ':!hyhome_cli'
+    git ls-files -z --cached --others --exclude-standard -- tests/sanity; } |
     while IFS= read -r -d '' f; do if [ -e "$f" ] || [ -L "$f" ]; then printf '%s\0' "$f"; fi; done |
     tar --null -T - -cf - | tar -xf - -C "$dest"
 )

@@ -21,7 +21,7 @@ description:
     add C(hyhome.bootstrap.preload) to it, or the runs are slower (not different).
   - Set C(HYHOME_IN_PROCESS=0) to turn the in-process path, and this import, off.
 version_added: 0.2.0
-author: Hy-Home Bootstrap maintainers
+author: Hy-Home Bootstrap maintainers (@hyhome)
 """
 
 import os  # noqa: E402

@@ -19,7 +19,7 @@ description:
     when C(ANSIBLE_CALLBACKS_ENABLED) is set, add C(hyhome.bootstrap.run_lock) to it, or the lock task fails
     and says so.
 version_added: 0.3.0
-author: Hy-Home Bootstrap maintainers
+author: Hy-Home Bootstrap maintainers (@hyhome)
 """
 
 from ansible.plugins.callback import CallbackBase  # noqa: E402

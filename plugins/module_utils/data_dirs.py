@@ -45,7 +45,7 @@ from ansible_collections.hyhome.bootstrap.plugins.module_utils.fileops import (
 )
 
 # Owner resolution lives in identity (shared with secrets and tls); re-exported for callers.
-from ansible_collections.hyhome.bootstrap.plugins.module_utils.identity import (  # noqa: F401
+from ansible_collections.hyhome.bootstrap.plugins.module_utils.identity import (  # noqa: F401  # pylint: disable=unused-import
     DEFAULT_IMAGE_USERS,
     DockerImages,
     Identity,

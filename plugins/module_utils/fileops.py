@@ -59,6 +59,8 @@ def fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
         os.fsync(fd)
+    except OSError as exc:      # fsync names no file: name the directory
+        raise OSError(exc.errno, exc.strerror or str(exc), path) from None
     finally:
         os.close(fd)
 
@@ -154,7 +156,7 @@ def refuse_dangerous(path: str, what: str = "path") -> None:
     """Raise for ``/``, system directories and trees, and the Docker socket."""
     p = _normal(path)
     real = os.path.realpath(p)
-    for candidate in {p, real}:
+    for candidate in (p, real):
         if candidate in SYSTEM_DIRS:
             raise HyHomeError(f"refusing {what} {path}: it is a system directory")
         for tree in SYSTEM_TREES:

@@ -378,8 +378,8 @@ def _checked_value(name: str, key: str, value, where: str):
     if ok and isinstance(value, list):
         ok = all(isinstance(v, _INT_OR_STR) and not isinstance(v, bool) for v in value)
     if not ok:
-        names = " or ".join("a list of strings" if t is list else {"str": "a string", "int": "an integer",
-                                                                     "bool": "true/false"}[t.__name__] for t in want)
+        words = {"str": "a string", "int": "an integer", "bool": "true/false"}
+        names = " or ".join("a list of strings" if t is list else words[t.__name__] for t in want)
         raise HyHomeError(f"secrets registry entry {name!r} ({where}): {key} must be {names}, "
                           f"got {type(value).__name__}")
     if bool in want and not isinstance(value, bool):

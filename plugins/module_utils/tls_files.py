@@ -455,7 +455,7 @@ def ensure_leaf(req: LeafRequest, check: bool = False, diff: bool = False) -> Ou
 
 
 def _write_leaf(req: LeafRequest, cert, key) -> None:
-    for path in {os.path.dirname(req.cert_path), os.path.dirname(req.key_path)}:
+    for path in (os.path.dirname(req.cert_path), os.path.dirname(req.key_path)):  # makedirs: a repeat is a no-op
         os.makedirs(path, mode=0o755, exist_ok=True)
     for path, what in _leaf_paths(req):     # again, now that every directory exists: no link slipped in
         _refuse_linked_dirs(req.root, path, what)

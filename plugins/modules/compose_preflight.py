@@ -30,7 +30,7 @@ description:
     C(hyhome.bootstrap.preflight) role fails the play on blockers). It fails only on bad input (no
     such directory, not a Compose project), with one clear message.
 author:
-  - Hy-Home Bootstrap maintainers
+  - Hy-Home Bootstrap maintainers (@hyhome)
 requirements:
   - docker CLI with the Compose v2 plugin on the target (its absence is reported as a finding)
   - the docker SDK for Python and PyYAML on the target

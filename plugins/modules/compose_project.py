@@ -28,7 +28,7 @@ description:
     RV(networks_created) and as a change. O(create_networks=false) fails instead, naming the command.
   - Writable bind-mounted directories are data and are not fingerprinted. Exclude further paths with
     C(x-hyhome.fingerprint_exclude) (host or container paths) on the service.
-author: Hy-Home Bootstrap maintainers
+author: Hy-Home Bootstrap maintainers (@hyhome)
 requirements:
   - Docker Engine with the Compose v2 CLI plugin (C(docker compose))
   - the Python C(docker) SDK on the managed host

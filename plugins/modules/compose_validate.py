@@ -46,7 +46,7 @@ description:
   - The module only reads. It never reports C(changed) and fails only on bad input (not a compose project, missing
     directory, no docker binary), not on findings; the C(hyhome.bootstrap.validate) role decides what fails.
 version_added: 0.1.0
-author: Hy-Home Bootstrap maintainers
+author: Hy-Home Bootstrap maintainers (@hyhome)
 requirements:
   - docker CLI with the Compose v2 plugin (C(docker compose config) needs no running daemon)
   - PyYAML
@@ -80,7 +80,7 @@ attributes:
     description: Nothing changes, so there is nothing to diff.
   idempotent:
     support: full
-    description: Read-only; RV(changed) is always false.
+    description: Read-only; C(changed) is always false.
 notes:
   - Findings are ordered by severity, file, line, service and rule, so two runs on the same project give the same
     report.

@@ -43,7 +43,7 @@ description:
     Paths under O(exclude) are skipped before that check. Owners and groups are checked the same way,
     so a negative uid or gid, or one beyond 32 bits, in the service user, O(overrides), O(shared_group) or
     O(image_users) is an error before any directory is created.
-author: Hy-Home Bootstrap maintainers
+author: Hy-Home Bootstrap maintainers (@hyhome)
 requirements:
   - Docker Compose v2 (C(docker compose config)) to read the project.
   - Only when a user name or an image's configured user must be resolved, the Docker engine and either
@@ -157,7 +157,7 @@ paths:
       type: str
     state: {description: "created, copied, fixed or ok.", type: str}
     checked: {description: Entries examined (the path itself plus its subtree with O(recurse))., type: int}
-    fixed: {description: Entries whose owner, group or mode differed (and were fixed unless in check mode)., type: int}
+    fixed: {description: 'Entries whose owner, group or mode differed (fixed unless in check mode).', type: int}
     skipped_hardlinks:
       description:
         - Files with more than one hard link whose owner or mode differed, left unchanged (a warning lists
@@ -193,7 +193,7 @@ host_paths:
     path: {description: Host path., type: str}
     services: {description: Services mounting it., type: list, elements: str}
     targets: {description: Paths inside the containers., type: list, elements: str}
-    reason: {description: Always C(host path, not managed)., type: str}
+    reason: {description: 'Always C(host path, not managed).', type: str}
   sample:
     - {path: /var/lib/docker, services: [cadvisor], targets: [/var/lib/docker], reason: "host path, not managed"}
 missing_files:

@@ -37,7 +37,7 @@ description:
     0700), returned as RV(backup_file), and a warning names the variables (never the values).
   - Written atomically (temporary file in the same directory, fsync, rename) with mode O(mode).
 author:
-  - Hy-Home Bootstrap maintainers
+  - Hy-Home Bootstrap maintainers (@hyhome)
 extends_documentation_fragment:
   - hyhome.bootstrap.project
 options:
@@ -230,7 +230,7 @@ def main() -> None:
             "values": {"type": "dict", "default": {}, "no_log": True},
             "generated": {"type": "dict", "default": {}},
             "allow_empty": {"type": "list", "elements": "str", "default": []},
-            "allow_keys": {"type": "list", "elements": "str", "default": []},
+            "allow_keys": {"type": "list", "elements": "str", "default": [], "no_log": False},  # key names, not values
             "check_compose": {"type": "bool", "default": True},
             "required": {"type": "list", "elements": "str", "default": []},
             "header": {"type": "bool", "default": True},

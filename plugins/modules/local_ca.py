@@ -25,7 +25,7 @@ description:
     C(certutil) exists. O(state=untrusted) removes it again. Installing trust needs only the certificate,
     never the CA key.
 version_added: 0.1.0
-author: Hy-Home Bootstrap maintainers
+author: Hy-Home Bootstrap maintainers (@hyhome)
 requirements:
   - cryptography >= 42.0 (for O(state=present); O(state=trusted) and O(state=untrusted) need only Python)
 options:
@@ -213,13 +213,13 @@ ca:
   contains:
     subject: {description: RFC 4514 subject., type: str}
     serial: {description: Serial number in hex., type: str}
-    not_before: {description: Start of validity (ISO 8601, UTC)., type: str}
-    not_after: {description: End of validity (ISO 8601, UTC)., type: str}
+    not_before: {description: 'Start of validity (ISO 8601, UTC).', type: str}
+    not_after: {description: 'End of validity (ISO 8601, UTC).', type: str}
     days_left: {description: Whole days until it expires., type: int}
     expired: {description: Whether it has expired., type: bool}
     expires_soon: {description: Whether it expires within O(expiry_warning_days)., type: bool}
     fingerprint_sha256: {description: SHA-256 fingerprint of the certificate., type: str}
-    key: {description: Key type and size, for example C(rsa-3072)., type: str}
+    key: {description: 'Key type and size, for example C(rsa-3072).', type: str}
 trust:
   description: What was (or would be) done in each trust store.
   returned: when trust is managed

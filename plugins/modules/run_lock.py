@@ -26,7 +26,7 @@ description:
     conflict.
   - This is an action plugin. It runs on the controller; there is no module code on the target.
 version_added: 0.3.0
-author: Hy-Home Bootstrap maintainers
+author: Hy-Home Bootstrap maintainers (@hyhome)
 options:
   project_dir:
     description: The Compose project directory (day0 passes C(hyhome_project_dir)). A directory that does not

@@ -49,7 +49,7 @@ description:
   - A failure part-way (a full disk, say) fails with C(changed=true) and RV(written), the paths already written;
     a re-run finishes the work.
 author:
-  - Hy-Home Bootstrap maintainers
+  - Hy-Home Bootstrap maintainers (@hyhome)
 requirements:
   - Python C(cryptography) on the managed host for C(rsa) and C(ed25519).
   - C(passlib) (the C(libpass) fork) for C(htpasswd) with apr1 and sha512_crypt; bcrypt uses passlib with the
@@ -243,7 +243,7 @@ secrets:
     mode: {description: Octal mode., type: str, sample: "0400"}
     consumers: {description: Services that read it., type: list, elements: str}
     permissions_fixed: {description: Owner or mode drift was (or would be) corrected., type: bool}
-    public_key: {description: Public key file written (keys only, when written)., type: str, returned: when written}
+    public_key: {description: 'Public key file written (keys only, when written).', type: str, returned: when written}
     history: {description: History records written., type: list, elements: str, returned: when written}
     readers:
       description: The consuming services with the uid and gid each runs as and where that came from
@@ -332,9 +332,16 @@ project_context:
 """
 
 import os  # noqa: E402 - after the docs, as Ansible expects
+import traceback  # noqa: E402
 
-from ansible.module_utils.basic import AnsibleModule  # noqa: E402
-from ansible_collections.hyhome.bootstrap.plugins.module_utils import secrets as core  # noqa: E402
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib  # noqa: E402
+
+try:  # PyYAML (compose model) must exist where the module runs
+    from ansible_collections.hyhome.bootstrap.plugins.module_utils import secrets as core
+except ImportError:
+    YAML_IMPORT_ERROR = traceback.format_exc()
+else:
+    YAML_IMPORT_ERROR = None
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyHomeError  # noqa: E402
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.fileops import os_error_text  # noqa: E402
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.project_options import (  # noqa: E402
@@ -476,6 +483,8 @@ def main():
         },
         supports_check_mode=True,
     )
+    if YAML_IMPORT_ERROR:
+        module.fail_json(msg=missing_required_lib("PyYAML (Debian: python3-yaml)"), exception=YAML_IMPORT_ERROR)
     try:
         result = run(module)
     except HyHomeError as e:

@@ -22,7 +22,7 @@ description:
     verify, and TLS 1.0 and 1.1 are refused (reported as untestable when the local OpenSSL cannot offer them).
   - C(memory) - sum of the memory limits and of the current usage of running containers against host
     memory (the engine's C(MemTotal)). Usage above O(memory_ceiling_percent) fails.
-author: Hy-Home Bootstrap maintainers
+author: Hy-Home Bootstrap maintainers (@hyhome)
 requirements:
   - the Python C(docker) SDK on the managed host
   - Docker Engine with the Compose v2 CLI plugin (to load the project model)

@@ -26,7 +26,7 @@ description:
     inside the CA directory. A key that is the CA's own key (same public key). A CA that has expired or is not
     valid yet, or whose key does not belong to its certificate, or whose files are symlinks or hard-linked.
 version_added: 0.1.0
-author: Hy-Home Bootstrap maintainers
+author: Hy-Home Bootstrap maintainers (@hyhome)
 requirements:
   - cryptography >= 42.0
 options:

@@ -24,7 +24,7 @@ description:
   - Changes nothing. The M(hyhome.bootstrap.tls) role passes the result to M(hyhome.bootstrap.tls_certificate)
     (or to the copy of the files when they are issued on the controller).
 version_added: 0.2.0
-author: Hy-Home Bootstrap maintainers
+author: Hy-Home Bootstrap maintainers (@hyhome)
 requirements:
   - Docker Compose v2 (C(docker compose config)) to read the project.
   - Only when a user name or an image's configured user must be read, the Docker engine and either the Python
@@ -65,6 +65,7 @@ attributes:
     description: The module only reads; check mode gives the same answer.
   diff_mode:
     support: none
+    description: Nothing changes, so there is nothing to diff.
   idempotent:
     support: full
     description: Never reports a change.
@@ -123,7 +124,7 @@ key_readers:
     uid: {description: Resolved uid., type: int}
     gid: {description: Resolved gid., type: int}
     source: {description: "Which rule answered: override, user, image-config, image-table, unresolved.", type: str}
-    detail: {description: The rule's detail (the image, the table entry)., type: str}
+    detail: {description: "The rule's detail (the image, the table entry).", type: str}
   sample:
     - {service: gateway, via: "bind /srv/stack/secrets/certs/key.pem -> /etc/nginx/tls/key.pem", uid: 101,
        gid: 101, source: user, detail: "101:101"}

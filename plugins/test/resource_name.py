@@ -15,7 +15,7 @@ description:
   - The secrets role checks every name a managed host returns before it becomes a path in the controller
     store, so a host can never choose where the controller writes.
 author:
-  - Hy-Home Bootstrap maintainers
+  - Hy-Home Bootstrap maintainers (@hyhome)
 options:
   _input:
     description: The value to test.

@@ -454,3 +454,59 @@ def test_negative_or_oversized_ids_are_refused_before_anything_is_written(tmp_pa
     assert message in refused(core.plan, specs_for(d, s={"file": "s"}), str(d), **kw)
     assert "owner -1 must not be negative" in refused(core.plan, specs_for(d, s={"file": "s", "owner": -1}), str(d))
     assert not d.exists()
+
+
+# --------------------------------------------------------------------------------------------
+# 7. every registry entry is schema-checked, used or not; a full disk names the file
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ({"kind": "bogus"}, "secret db: unknown kind 'bogus'"),
+    ({"kind": "password", "length": 4}, "secret db: length 4 is below the floor"),
+    ({"kind": "rsa", "size": 1_000_000}, "secret db: RSA size 1000000 is above the limit"),
+    ({"kind": "htpasswd"}, "secret db: kind htpasswd needs 'source'"),
+    ({"kind": "password", "optional": True}, "secret db: optional applies to kind provided only"),
+    ({"mode": "0666"}, "secret db: mode 0666 lets every user"),
+])
+def test_an_unused_registry_entry_is_schema_checked_not_just_listed(tmp_path, entry, message):
+    """No compose secret and no ``file``: the entry manages nothing, yet a bad one is refused."""
+    d = tmp_path / "secrets"
+    assert message in refused(specs_for, d, db=entry)
+    assert message in refused(secret_files.run, FakeModule(secrets_dir=str(d), registry={"db": entry}))
+    assert not d.exists()
+
+
+def test_a_valid_unused_registry_entry_is_still_only_listed(tmp_path):
+    d = tmp_path / "secrets"
+    result = secret_files.run(FakeModule(secrets_dir=str(d), registry={"other_stack_key": {"kind": "hex"}}))
+    assert result["unused_registry"] == ["other_stack_key"] and result["secrets"] == []
+
+
+def test_an_excluded_compose_secret_s_registry_entry_is_schema_checked(tmp_path):
+    project = Project(name="p", working_dir=str(tmp_path), files=[str(tmp_path / "compose.yaml")])
+    project.secrets = {"tls_key": ComposeSecret("tls_key", str(tmp_path / "secrets" / "certs" / "key.pem"))}
+    msg = refused(core.build_specs, project, {"tls_key": {"kind": "bogus"}}, str(tmp_path / "secrets"),
+                  exclude=["certs/*"])
+    assert "unknown kind 'bogus'" in msg
+
+
+def test_a_full_disk_names_the_file_it_could_not_write(tmp_path, monkeypatch):
+    """ENOSPC from write/fsync carries no file name; atomic_write adds the target, never the temp name."""
+    d = tmp_path / "secrets"
+
+    def full(_fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fileops.os, "fsync", full)
+    d.mkdir(mode=0o700)
+    msg = refused(secret_files.run, FakeModule(secrets_dir=str(d), registry={"a": {"file": "a", "persistent": False}}))
+    assert msg.startswith(f"secrets: {d / 'a'}: No space left on device;"), msg
+    assert fileops.TEMP_MARK not in msg and fileops.own_temps(str(d)) == []
+
+
+def test_os_error_text_names_the_file_or_the_given_path():
+    assert fileops.os_error_text(OSError(errno.ENOSPC, "No space left on device", "/x/a")) == \
+        "/x/a: No space left on device"
+    assert fileops.os_error_text(OSError(errno.ENOSPC, "No space left on device"), "/x/b") == \
+        "/x/b: No space left on device"
+    assert fileops.os_error_text(OSError(errno.EIO, "Input/output error")) == "Input/output error"

@@ -225,13 +225,13 @@ def test_leaf_oserror_is_a_clear_error(tmp_path, ca_dir):
                                               "certs_dir": str(proj / LONG), "names": ["a.home.arpa"],
                                               "key_type": "ecdsa"})
     for check in (False, True):
-        with pytest.raises(HyHomeError, match=r"^leaf certificate: cannot access .*xxx: File name too long$"):
+        with pytest.raises(HyHomeError, match=r"^leaf certificate: /.*xxx: File name too long$"):
             tls_files.ensure_leaf(req, check=check)
     assert os.listdir(proj) == []
 
 
 def test_ca_oserror_is_a_clear_error(tmp_path):
-    with pytest.raises(HyHomeError, match=r"^local CA: cannot access .*xxx: File name too long$"):
+    with pytest.raises(HyHomeError, match=r"^local CA: /.*xxx: File name too long$"):
         tls_files.ensure_ca(tls_files.CARequest.from_options({"path": str(tmp_path / LONG), "key_type": "ecdsa"}))
 
 
@@ -282,13 +282,13 @@ def test_tls_certificate_module_oserror_is_a_clean_failure(tmp_path, ca_dir):
     res = run_module("tls_certificate", {"project_dir": str(proj), "ca_path": str(ca_dir),
                                          "certs_dir": str(proj / LONG), "names": ["a.home.arpa"], "key_type": "ecdsa"},
                      tmp_path)
-    assert res["failed"] and res["msg"].startswith("leaf certificate: cannot access") and "too long" in res["msg"]
+    assert res["failed"] and res["msg"].startswith("leaf certificate: /") and "too long" in res["msg"]
     assert "Traceback" not in res["_stdout"] and "\n" not in res["msg"]
 
 
 def test_local_ca_module_oserror_is_a_clean_failure(tmp_path):
     res = run_module("local_ca", {"path": str(tmp_path / LONG), "key_type": "ecdsa"}, tmp_path)
-    assert res["failed"] and res["msg"].startswith("local CA: cannot access")
+    assert res["failed"] and res["msg"].startswith("local CA: /")
     assert "Traceback" not in res["_stdout"] and "\n" not in res["msg"]
 
 
