@@ -67,8 +67,17 @@ stand_in=$home/.ansible/test/cache/get_pip_${pip_version//./_}.py
 #   action-plugin-docs  plugins/action/in_process.py runs the collection's own modules (meta/runtime.yml
 #                       action_plugin routing), it has no module of its own to document;
 #   pylint:ansible-bad-function  preflight.py and compose_validate.py are also the command-line entry of
-#                       scripts/preflight-compose.sh and validate-docker-compose.sh (print, sys.exit there);
-#   pylint:disallowed-name  `_` for a discarded value, the Python idiom that ruff (the project's linter) allows.
+#                       scripts/preflight-compose.sh and validate-docker-compose.sh (print, sys.exit there),
+#                       and compose_model.py holds their shared crash guard (cli_main: one line on stderr);
+#   pylint:disallowed-name  `_` for a discarded value, the Python idiom that ruff (the project's linter) allows;
+#   import-3.11  PyYAML is required by the compose model (compose_model.py builds its loader and
+#                       constructor classes on PyYAML's at import time; compose_validate.py imports it too), so
+#                       compose_model.py and the module_utils importing it (compose_validate.py, preflight.py,
+#                       secrets.py) cannot import without it. The modules secret_files and compose_validate
+#                       guard that import and fail with missing_required_lib("PyYAML"); compose_preflight
+#                       cannot (its argument spec's choices come from preflight.STEPS) and is listed too. On the
+#                       controller, where the in_process action runs every module, PyYAML is an ansible-core
+#                       dependency.
 skips=(--skip-test shellcheck --skip-test pslint)
 
 cd "$dest"

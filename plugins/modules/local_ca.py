@@ -37,6 +37,8 @@ options:
         without changing anything, since another user could have written or could replace the CA key.
       - Defaults to C($HYHOME_CAROOT), else C(/var/lib/hyhome/ca) for root, else C(~/.local/share/hyhome/ca).
       - Keep it outside the compose project, so the CA key is never mounted into a container.
+      - Creating the CA holds an exclusive lock on C(.hyhome-ca.lock) in this directory, so of two runs on a new
+        directory one creates the CA and the other waits (up to 300 s), then keeps that CA (C(changed=false)).
     type: path
   state:
     description:

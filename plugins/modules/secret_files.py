@@ -355,23 +355,11 @@ STORE_ACTIONS = ("generated", "restored", "rotated", "rolled-back", "rederived")
 def _load_registry_file(path):
     if not path or not os.path.exists(path):
         return {}
-    try:
-        import yaml
-    except ImportError:
-        raise HyHomeError(f"registry_file {path} needs PyYAML on the managed host (Debian: python3-yaml)") from None
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh) or {}
-    except OSError as e:
-        raise HyHomeError(f"registry_file {path} cannot be read: {e.strerror}") from None
-    except UnicodeDecodeError:
-        raise HyHomeError(f"registry_file {path} is not UTF-8 text") from None
-    except yaml.YAMLError as e:
-        # The problem and its line only: YAML's own message quotes the offending text.
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = " ".join(str(getattr(e, "problem", None) or "invalid YAML").split())
-        raise HyHomeError(f"registry_file {path} is not valid YAML{where}: {problem}") from None
+    # The one bounded project-YAML loader: alias bombs, NUL/binary, non-UTF-8 and oversized files
+    # are refused with one line naming the file; YAML's own message (which quotes text) is not echoed.
+    from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_model import load_yaml_file
+
+    data = load_yaml_file(path, "registry_file") or {}
     if isinstance(data, dict) and isinstance(data.get("secrets"), dict):
         data = data["secrets"]   # the mapping may also sit under `secrets:` (as preflight accepts)
     if not isinstance(data, dict):

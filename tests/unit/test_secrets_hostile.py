@@ -337,19 +337,22 @@ def test_boolean_words_from_templated_inventory_are_read_as_booleans(tmp_path):
 
 
 def test_an_aliased_nested_registry_value_is_refused_without_expanding_it(tmp_path):
-    """A small YAML whose aliases nest 9 levels deep would print as billions of items."""
+    """A small YAML whose aliases nest 9 levels deep would expand to billions of items: the one
+    bounded loader refuses it while reading, naming the file."""
     lines = ['a0: &a0 ["x"]'] + [f"a{i}: &a{i} [{', '.join(['*a' + str(i - 1)] * 9)}]" for i in range(1, 10)]
     lines += ["secrets:", "  s: {file: s, consumers: *a9}"]
     reg = tmp_path / "hyhome-secrets.yml"
     reg.write_text("\n".join(lines) + "\n")
     assert reg.stat().st_size < 1024
     msg = refused(secret_files.run, FakeModule(secrets_dir=str(tmp_path / "secrets"), registry_file=str(reg)))
-    assert msg == f"secrets registry entry 's' (registry_file {reg}): consumers must be a list of strings, got list"
+    assert msg.startswith(f"{reg}: YAML aliases expand to more than ")
+    assert msg.endswith("(alias bomb?)")
+    assert not (tmp_path / "secrets").exists()
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("secrets: [unclosed\n", "is not valid YAML at line 2"),
-    ("s: {file: s}\n\tbad: tab\n", "is not valid YAML at line 2"),
+    ("secrets: [unclosed\n", "registry_file is not valid YAML (line 1)"),
+    ("s: {file: s}\n\tbad: tab\n", "registry_file is not valid YAML (line 2)"),
     (b"s: {file: \xff\xfe}\n", "is not UTF-8 text"),
     ("- a\n- b\n", "must be a mapping of secret names"),
 ])

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
-from ansible_collections.hyhome.bootstrap.plugins.module_utils import identity, mounts, tls, tls_files
+from ansible_collections.hyhome.bootstrap.plugins.module_utils import fileops, identity, mounts, tls, tls_files
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_model import (
     Mount,
     Project,
@@ -233,6 +236,88 @@ def test_leaf_oserror_is_a_clear_error(tmp_path, ca_dir):
 def test_ca_oserror_is_a_clear_error(tmp_path):
     with pytest.raises(HyHomeError, match=r"^local CA: /.*xxx: File name too long$"):
         tls_files.ensure_ca(tls_files.CARequest.from_options({"path": str(tmp_path / LONG), "key_type": "ecdsa"}))
+
+
+def test_stale_temps_of_every_written_file_are_removed_and_only_ours(tmp_path, ca_dir):
+    """A run killed inside atomic_write leaves ``.<name>.tmp.hyhome-<hex>``: the next write of that file
+    removes it, for the key, the certificate and the CA copy alike; a user's look-alike stays."""
+    certs = tmp_path / "proj" / "secrets" / "certs"
+    certs.mkdir(parents=True)
+    ours = [f".{n}{fileops.TEMP_MARK}0123456789ab" for n in ("key.pem", "cert.pem", tls.CA_CERT_FILE)]
+    theirs = [f".{tls.CA_CERT_FILE}.tmp-old", f".{tls.CA_CERT_FILE}{fileops.TEMP_MARK}notours"]
+    for name in ours + theirs:
+        (certs / name).write_bytes(b"partial")
+    req = tls_files.LeafRequest.from_options({"project_dir": str(tmp_path / "proj"), "ca_path": str(ca_dir),
+                                              "names": ["a.home.arpa"], "key_type": "ecdsa"})
+    assert tls_files.ensure_leaf(req).changed
+    assert sorted(os.listdir(certs)) == sorted(["cert.pem", "key.pem", tls.CA_CERT_FILE, *theirs])
+
+
+def test_stale_ca_temps_are_removed_when_the_ca_is_created(tmp_path):
+    d = tmp_path / "ca"
+    d.mkdir(mode=0o700)
+    for name in (tls.CA_KEY_FILE, tls.CA_CERT_FILE):
+        (d / f".{name}{fileops.TEMP_MARK}0123456789ab").write_bytes(b"partial")
+    assert tls_files.ensure_ca(tls_files.CARequest.from_options({"path": str(d), "key_type": "ecdsa"}))[0].changed
+    assert sorted(os.listdir(d)) == sorted([tls.CA_KEY_FILE, tls.CA_CERT_FILE, tls_files.CA_LOCK_FILE])
+
+
+def _create_ca(path, barrier, results):
+    barrier.wait()
+    out, cert = tls_files.ensure_ca(tls_files.CARequest.from_options({"path": path, "key_type": "ecdsa"}))
+    results.put((out.changed, out.result["created"], tls.cert_fingerprint(cert)))
+
+
+def test_two_concurrent_runs_on_a_new_ca_directory_make_one_ca(tmp_path, monkeypatch):
+    """Both runs see no CA; one creates it, the other waits for the lock, then keeps that CA."""
+    real = tls.generate_key
+
+    def slow_key(*args, **kw):     # widen the window in which both runs would write (no timing asserted)
+        time.sleep(0.5)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(tls, "generate_key", slow_key)
+    ctx = multiprocessing.get_context("fork")
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    path = str(tmp_path / "ca")
+    procs = [ctx.Process(target=_create_ca, args=(path, barrier, results)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    got = sorted(results.get(timeout=5) for _ in procs)
+    assert [(changed, created) for changed, created, _ in got] == [(False, False), (True, True)]
+    on_disk = tls.load_cert((tmp_path / "ca" / tls.CA_CERT_FILE).read_bytes())
+    assert {fp for _, _, fp in got} == {tls.cert_fingerprint(on_disk)}
+    assert not [n for n in os.listdir(path) if n.endswith(".bak")]
+
+
+def test_a_ca_lock_file_that_is_a_link_is_refused(tmp_path):
+    d = tmp_path / "ca"
+    d.mkdir(mode=0o700)
+    (d / tls_files.CA_LOCK_FILE).symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(HyHomeError, match=r"^local CA: .*hyhome-ca.lock: Too many levels of symbolic links$"):
+        tls_files.ensure_ca(tls_files.CARequest.from_options({"path": str(d), "key_type": "ecdsa"}))
+    assert not (tmp_path / "elsewhere").exists() and os.listdir(d) == [tls_files.CA_LOCK_FILE]
+
+
+def test_a_full_disk_names_the_file(tmp_path, ca_dir, monkeypatch):
+    """write/fsync fail with ENOSPC and no file name; the message names the file being written."""
+    def full(_fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fileops.os, "fsync", full)
+    certs = tmp_path / "proj" / "secrets" / "certs"
+    req = tls_files.LeafRequest.from_options({"project_dir": str(tmp_path / "proj"), "ca_path": str(ca_dir),
+                                              "names": ["a.home.arpa"], "key_type": "ecdsa"})
+    with pytest.raises(HyHomeError) as err:
+        tls_files.ensure_leaf(req)
+    assert err.value.msg == f"leaf certificate: {certs / 'key.pem'}: No space left on device"
+    assert os.listdir(certs) == []
+    with pytest.raises(HyHomeError) as err:
+        tls_files.ensure_ca(tls_files.CARequest.from_options({"path": str(tmp_path / "new"), "key_type": "ecdsa"}))
+    assert err.value.msg == f"local CA: {tmp_path / 'new' / tls.CA_KEY_FILE}: No space left on device"
 
 
 def test_trust_commands_go_through_the_runner(tmp_path, ca_dir):
