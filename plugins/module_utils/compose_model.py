@@ -352,7 +352,7 @@ def _as_int(value) -> int | None:
     if value is None or value == "":
         return None
     try:
-        return int(str(value).split("-")[0])
+        return int(str(value).split("-", maxsplit=1)[0])
     except ValueError:
         return None
 
@@ -1355,8 +1355,8 @@ def _attach_raw(project: Project, raw: RawProject) -> None:
         if key not in seen:
             seen.add(key)
             project.env_refs.append(ref)
-    project.declarations = {s: _key_locations(raw, s) for s in ("services", "networks", "volumes", "secrets",
-                                                                 "configs")}
+    project.declarations = {s: _key_locations(raw, s)
+                            for s in ("services", "networks", "volumes", "secrets", "configs")}
     locs = project.declarations["services"]
     ext = _raw_service_extensions(raw)
     mount_locs = _mount_locations(raw)

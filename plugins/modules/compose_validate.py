@@ -196,7 +196,7 @@ except ImportError:
 else:
     YAML_IMPORT_ERROR = None
 try:
-    import yamllint  # noqa: F401
+    import yamllint  # noqa: F401  # pylint: disable=unused-import
 except ImportError:
     YAMLLINT_IMPORT_ERROR = traceback.format_exc()
 else:
