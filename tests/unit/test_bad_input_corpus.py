@@ -19,18 +19,17 @@ error naming the file, an exit code of their own (not 0, not 1 = findings), no t
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 import re
 import signal
-import stat
 import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import fstree
 import pytest
 import yaml
 from cryptography import x509
@@ -550,24 +549,9 @@ STATE_DIR = ".hyhome"
 
 
 def snapshot(root: Path) -> dict[str, tuple]:
-    """Every entry under root: type, mode, owner, link count (files), content hash or link target."""
-    out: dict[str, tuple] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        if dirpath.endswith(os.sep + "project"):
-            dirnames[:] = [n for n in dirnames if n != STATE_DIR]
-        for name in dirnames + filenames:
-            path = os.path.join(dirpath, name)
-            st = os.lstat(path)
-            if stat.S_ISLNK(st.st_mode):
-                detail = "-> " + os.readlink(path)
-            elif stat.S_ISREG(st.st_mode):
-                detail = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-            else:
-                detail = ""
-            links = 0 if stat.S_ISDIR(st.st_mode) else st.st_nlink
-            out[os.path.relpath(path, root)] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid,
-                                                st.st_gid, links, detail)
-    return out
+    """The tree under root (fstree.snapshot), without the projects' own state directory."""
+    return fstree.snapshot(root, prune=lambda dirpath, name: name == STATE_DIR
+                           and dirpath.endswith(os.sep + "project"))
 
 
 # Bounds that keep a case which is not handled yet from taking the machine down: each task gets

@@ -9,7 +9,6 @@ the module as Ansible runs it (``run`` + ``refused``): a module start costs abou
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 import stat
@@ -17,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import fstree
 import pytest
 from ansible_collections.hyhome.bootstrap.plugins.module_utils import tls, tls_files
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyHomeError
@@ -44,21 +44,7 @@ def run(module, args, tmp_path, check=False, diff=False):
     return result
 
 
-def tree(root) -> dict:
-    """Everything observable about a tree: content hash, mode, owner, link target, link count."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            path = os.path.join(dirpath, name)
-            st = os.lstat(path)
-            if stat.S_ISLNK(st.st_mode):
-                what = "link:" + os.readlink(path)
-            elif stat.S_ISREG(st.st_mode):
-                what = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-            else:
-                what = "dir" if stat.S_ISDIR(st.st_mode) else "other"
-            out[os.path.relpath(path, root)] = (what, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_nlink)
-    return out
+tree = fstree.snapshot   # everything observable: content hash, mode, owner, link target, link count
 
 
 def refused(res, fragment):
