@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 SCHEMA_VERSION = 1
 
 # day0's steps, in order (each is a role and a tag of day0.yml).
-DAY0_STEPS = ("preflight", "env", "secrets", "tls", "data_dirs", "validate", "compose", "verify")
+DAY0_STEPS = ("engine", "preflight", "env", "secrets", "tls", "data_dirs", "validate", "compose", "verify")
 
 # Exit codes (documented in docs/cli.md and the schema).
 EXIT_OK = 0
@@ -33,10 +33,15 @@ RESULT_EVENTS = {
 MAX_MESSAGE = 4000   # a module message longer than this is cut (the full text is in the artifacts)
 
 
+# Roles whose step (day0.yml tag) has another name than the role.
+STEP_OF_ROLE = {"docker_engine": "engine"}
+
+
 def step_of(role: str | None, fallback: str) -> str:
     """The step a task belongs to: its role's short name (``hyhome.bootstrap.tls`` -> ``tls``)."""
     if role:
-        return role.rsplit(".", 1)[-1]
+        name = role.rsplit(".", 1)[-1]
+        return STEP_OF_ROLE.get(name, name)
     return fallback
 
 

@@ -78,6 +78,9 @@ stage_e2e() {
   local start=$SECONDS
   bash tests/e2e/battery.sh   # crash consistency, concurrency, leaks, engine fault, disk full (issue 13)
   printf '[test] e2e battery: passed in %ss\n' "$((SECONDS - start))"
+  start=$SECONDS
+  bash tests/e2e/runbooks.sh   # day-2 runbooks on the embedded stack: rotate, renew, recover, rollout, registry, dev, backup/restore
+  printf '[test] e2e runbooks: passed in %ss\n' "$((SECONDS - start))"
 }
 
 for st in "${stages[@]}"; do run_stage "$st"; done

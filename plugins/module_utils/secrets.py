@@ -1403,6 +1403,8 @@ def _fill_missing(item: Item, cur: Current, hist: list[str], run: _Run) -> None:
         item.notes.append(f"{why}; value restored from the controller store")
         last = latest_current(hist)
         item.same_as_in_use = last is not None and _read(last) == item.value
+        if s.persistent and not item.same_as_in_use:
+            item.keep(run.stamp, "current", item.value)   # else the next run records it: a change
     elif latest is not None:
         item.value = _read(latest)
         item.action = "restored"

@@ -372,6 +372,21 @@ def render_table(findings: list[Finding]) -> str:
 # Collection from the engine (the only Docker-touching part)
 # --------------------------------------------------------------------------------------------
 
+def engine_client(project_name: str = ""):
+    """A Docker SDK client that answered a ping; HyHomeError (``not_running``) when there is none."""
+    try:
+        import docker
+    except ImportError as exc:
+        raise HyHomeError("the Python 'docker' SDK is missing on the managed host: pip install docker") from exc
+    try:
+        client = docker.from_env()
+        client.ping()
+    except Exception as exc:  # any failure here means "no engine reachable"
+        raise HyHomeError(f"cannot reach the Docker engine: {exc} (is dockerd running?)", not_running=True,
+                          project=project_name) from exc
+    return client
+
+
 def collect(client, project_name: str, want_stats: bool = True) -> tuple[list[dict], dict[str, dict], int]:
     """(inspect dicts of the project's containers, stats by id for running ones, host memory)."""
     items = client.api.containers(all=True, filters={"label": f"{cu.PROJECT_LABEL}={project_name}"})

@@ -171,15 +171,7 @@ def run(p: dict, check_mode: bool = False) -> dict:
     raise_if_rejected(project, p["project_dir"])
     if p["project_name"]:
         project.name = p["project_name"]
-    try:
-        import docker
-    except ImportError as exc:
-        raise HyHomeError("the Python 'docker' SDK is missing on the managed host: pip install docker") from exc
-    try:
-        client = docker.from_env()
-        client.ping()
-    except Exception as exc:
-        raise HyHomeError(f"cannot reach the Docker engine: {exc}", not_running=True, project=project.name) from exc
+    client = sv.engine_client(project.name)
 
     checks = set(p["checks"])
     result: dict = {"changed": False, "project": project.name, "project_context": context_result(project)}

@@ -18,66 +18,8 @@ PROJECT=hyhome
 LOG="$WORK/logs"
 mkdir -p "$LOG"
 
-say() { printf '\n[e2e] %s\n' "$*"; }
-fail() { printf '[e2e] FAIL: %s\n' "$*" >&2; exit 1; }
-
-cleanup() {
-  local rc=$?
-  if [ -d "$STACK" ]; then
-    (cd "$STACK" && docker compose down -v --remove-orphans >/dev/null 2>&1) || echo "[e2e] compose down failed" >&2
-  fi
-  if [ -x "$REPO/.venv/bin/ansible-playbook" ]; then
-    (cd "$REPO" && .venv/bin/ansible-playbook playbooks/tls.yml -e tls_trust_uninstall=true \
-       -e "tls_ca_dir=$WORK/ca" >"$LOG/trust-uninstall.log" 2>&1) || echo "[e2e] CA trust uninstall failed" >&2
-  fi
-  if [ "$rc" -ne 0 ]; then
-    echo "[e2e] logs kept in $LOG" >&2
-  else
-    rm -rf "$WORK"
-  fi
-}
-trap cleanup EXIT
-
-# Runs day0 in the clone; output saved per step; echoes the log path.
-next_log() {   # numbered per run; a counter file, because day0 often runs in a $(...) subshell
-  local n
-  n=$(( $(cat "$LOG/.n" 2>/dev/null || echo 0) + 1 ))
-  echo "$n" >"$LOG/.n"
-  printf '%s/%02d-%s.log' "$LOG" "$n" "$1"
-}
-
-day0() {
-  local log
-  log=$(next_log day0)
-  if ! (cd "$REPO" && ./scripts/day0.sh -e "tls_ca_dir=$WORK/ca" "$@") >"$log" 2>&1; then
-    tail -n 60 "$log" >&2
-    fail "day0 $* failed (log: $log)"
-  fi
-  echo "$log"
-}
-
-# The recap must say changed=0 and failed=0 for every host.
-assert_no_change() {
-  local log=$1
-  grep -E '^[^ ].*: ok=' "$log" >"$log.recap"
-  if grep -vqE 'changed=0 .*failed=0' "$log.recap"; then
-    grep -E 'changed:' "$log" | head -n 20 >&2
-    fail "expected changed=0: $(cat "$log.recap")"
-  fi
-}
-
-started_at() {
-  docker ps -aq --filter "label=com.docker.compose.project=$PROJECT" \
-    | xargs -r docker inspect --format '{{ index .Config.Labels "com.docker.compose.service" }} {{ .Id }} {{ .State.StartedAt }}' \
-    | sort
-}
-
 source "$ROOT/tests/e2e/lib.sh"
-assert_all_healthy() {
-  local bad
-  bad=$(unhealthy_containers "$PROJECT")
-  [ -z "$bad" ] || fail "containers not healthy: $bad"
-}
+trap 'stack_cleanup $?' EXIT
 
 # The hyhome --json report against the running stack: every container's service reported healthy,
 # every URL answering over TLS with only rootCA.pem trusted, the CA where it says and trusted here.
@@ -105,19 +47,6 @@ for u in doc["urls"]:
     assert code.isdigit() and code != "000", (u["url"], code)
 print(f"[e2e] report: {len(health)} services healthy, {len(doc['urls'])} URLs answering, CA {ca} trusted")
 PY
-}
-
-env_get() { grep -E "^$1=" "$STACK/.env" | tail -n1 | cut -d= -f2-; }
-
-https_get() {   # host path -> body; trusts only the project's rootCA.pem
-  local host=$1 path=$2 port
-  port=$(env_get GATEWAY_HTTPS_PORT)
-  curl -fsS --max-time 10 --cacert "$STACK/secrets/certs/rootCA.pem" \
-    --resolve "$host:$port:127.0.0.1" "https://$host:$port$path"
-}
-
-psql_q() {
-  (cd "$STACK" && docker compose exec -T postgres psql -U postgres -tAc "$1")
 }
 
 say "clean clone of $ROOT at $(git -C "$ROOT" rev-parse --short HEAD)"

@@ -73,7 +73,9 @@ def test_schema_is_a_valid_draft_2020_12_schema():
 def test_steps_counts_and_changes_from_events():
     _, finished, doc = fold([
         {"event": "playbook_on_play_start", "event_data": {"play": "Day 0"}},
-        task("hyhome.bootstrap.project", "Validating arguments"),
+        task("hyhome.bootstrap.docker_engine", "Install"),
+        result("runner_on_skipped", "hyhome.bootstrap.docker_engine", "Install", {}),
+        task("hyhome.bootstrap.preflight", "Validating arguments"),
         result("runner_on_ok", "hyhome.bootstrap.project", "Validating arguments", {"changed": False}),
         task("hyhome.bootstrap.preflight", "Check"),
         result("runner_on_ok", "hyhome.bootstrap.preflight", "Check", {"changed": False}),
@@ -94,8 +96,9 @@ def test_steps_counts_and_changes_from_events():
     assert steps["preflight"]["status"] == "ok"
     assert steps["secrets"]["status"] == "changed"
     assert steps["secrets"]["changes"] == [{"task": "Generate", "host": "h1", "details": ["db_password: generated"]}]
+    assert steps["engine"]["skipped"] == 1 and steps["engine"]["status"] == "skipped"
     assert steps["tls"]["status"] == "not_run"
-    assert finished == ["preflight", "secrets"]
+    assert finished == ["engine", "preflight", "secrets"]
     assert doc["pending"][0]["name"] == "smtp_password" and doc["pending"][0]["consumers"] == ["mail"]
     assert doc["warnings"] == [{"step": "secrets", "host": "h1", "message": "smtp_password holds a placeholder"}]
     assert doc["hosts"]["h1"]["changed"] == 1 and doc["stats"]["ok"] == 3
@@ -144,7 +147,7 @@ def test_failure_shows_module_message_without_traceback():
     assert doc["failure"] == {"step": "data_dirs", "task": "Dirs", "host": "h1", "message": "owned by 0",
                               "hint": "chown it"}
     assert doc["exit_code"] == EXIT_FAILED and doc["status"] == "failed"
-    assert doc["left_undone"] == ["preflight", "env", "secrets", "tls", "validate", "compose", "verify"]
+    assert doc["left_undone"] == ["engine", "preflight", "env", "secrets", "tls", "validate", "compose", "verify"]
     text = "\n".join(render.summary_lines(doc))
     assert "Failed at step data_dirs, task \"Dirs\" on h1:" in text and "fix: chown it" in text
     assert "Traceback" not in text
@@ -187,8 +190,8 @@ def test_cancel_marks_the_running_step_and_what_was_left_undone():
                       task("env", "y")], canceled=True, rc=254)
     steps = {s["name"]: s["status"] for s in doc["steps"]}
     assert steps["preflight"] == "ok" and steps["env"] == "canceled"
-    assert doc["left_undone"] == ["env", "secrets", "tls", "data_dirs", "validate", "compose", "verify"]
-    assert "Left undone: env, secrets" in "\n".join(render.summary_lines(doc))
+    assert doc["left_undone"] == ["engine", "env", "secrets", "tls", "data_dirs", "validate", "compose", "verify"]
+    assert "Left undone: engine, env, secrets" in "\n".join(render.summary_lines(doc))
 
 
 def test_preflight_block_keeps_first_line_and_lists_findings():

@@ -21,7 +21,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 FIXTURE = REPO / "tests" / "fixtures" / "cli" / "project"
 SCHEMA = json.loads((REPO / "hyhome_cli" / "report.schema.json").read_text())
-DAY0 = ["preflight", "env", "secrets", "tls", "data_dirs", "validate", "compose", "verify"]
+DAY0 = ["engine", "preflight", "env", "secrets", "tls", "data_dirs", "validate", "compose", "verify"]
 
 pytestmark = pytest.mark.slow
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -67,7 +67,7 @@ def test_day0_json_report(root, converged):
     assert doc["command"] == "day0" and doc["status"] == "ok" and doc["exit_code"] == 0
     assert [s["name"] for s in doc["steps"]] == DAY0
     assert {s["name"]: s["status"] for s in doc["steps"]} == {
-        "preflight": "ok", "env": "changed", "secrets": "changed", "tls": "changed", "data_dirs": "changed",
+        "engine": "ok", "preflight": "ok", "env": "changed", "secrets": "changed", "tls": "changed", "data_dirs": "changed",
         "validate": "ok", "compose": "changed", "verify": "ok"}
     secrets = next(s for s in doc["steps"] if s["name"] == "secrets")
     assert secrets["changes"][0]["details"] == ["db_password: generated", "smtp_password: placeholder-written"]

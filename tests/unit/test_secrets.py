@@ -649,6 +649,17 @@ def test_seed_from_controller_store_fills_missing_and_never_overwrites(tmp_path)
     assert "different-store-value" not in repr(p.results()) + repr(p.warnings)
 
 
+def test_value_restored_from_the_store_on_a_rebuilt_host_is_recorded_once(tmp_path):
+    # A rebuilt host (empty secrets dir) takes a persistent secret from the controller store; the next run
+    # must change nothing (before, it recorded the value in the history then: changed on every second run).
+    d = tmp_path / "secrets"
+    s = one(tmp_path, persistent=True, consumers=["db"])
+    p = run([s], d, seed={"s": "value-from-the-controller-store"})
+    assert p.items[0].action == "restored" and (d / "s").read_bytes() == b"value-from-the-controller-store"
+    again = run([s], d, seed={"s": "value-from-the-controller-store"})
+    assert not again.changed and again.items[0].action == "ok"
+
+
 # --------------------------------------------------------------------------------------------
 # provided secrets
 # --------------------------------------------------------------------------------------------
