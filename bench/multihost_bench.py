@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import subprocess
 import sys
 import time
@@ -43,12 +42,12 @@ def run(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> float:
     return took
 
 
-def ephemeral_dir(log: Path) -> Path:
-    """The scenario's ephemeral directory, as Molecule prints it in its inventory path."""
-    found = re.findall(r"--inventory (\S+)/inventory", log.read_text())
+def ephemeral_dir() -> Path:
+    """The scenario's ephemeral directory (Molecule's, the most recent one of this scenario)."""
+    found = sorted(Path.home().glob(f".ansible/tmp/molecule.*.{SCENARIO}"), key=lambda p: p.stat().st_mtime)
     if not found:
-        sys.exit(f"cannot find the scenario's inventory in {log}")
-    return Path(found[-1])
+        sys.exit(f"no ephemeral directory of the {SCENARIO} scenario under ~/.ansible/tmp")
+    return found[-1]
 
 
 def saved(log: Path) -> str:
@@ -82,7 +81,7 @@ def main() -> int:
         run(["molecule", "destroy", "-s", SCENARIO], log)
         took = run(["molecule", "create", "-s", SCENARIO], log)
         print(f"  targets created bare in {took:.1f}s", flush=True)
-        return ephemeral_dir(log)
+        return ephemeral_dir()
 
     try:
         eph = fresh()

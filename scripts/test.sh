@@ -2,7 +2,8 @@
 # Run every test from a clean clone: set up (engine, images, venv, collections), lint, render the
 # module docs, unit tests, every Molecule scenario on the real engine, then day0 end to end.
 #   usage: scripts/test.sh [stage ...]    stages: lint docs sanity unit molecule e2e (default: all)
-#   MOLECULE_SCENARIOS="secrets tls" limits the molecule stage.
+#   MOLECULE_SCENARIOS="secrets tls" limits the molecule stage. With both molecule and e2e, the Molecule
+#   scenarios run in the background alongside the stack's e2e tests (HYHOME_TEST_SERIAL=1: one after the other).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -72,16 +73,57 @@ stage_molecule() {
   done
 }
 
-stage_e2e() {
+# The embedded stack's end-to-end tests (project "hyhome", one at a time).
+e2e_stack() {
   bash tests/e2e/day0.sh
   bash tests/e2e/realistic.sh
   local start=$SECONDS
-  bash tests/e2e/battery.sh   # crash consistency, concurrency, leaks, engine fault, disk full (issue 13)
-  printf '[test] e2e battery: passed in %ss\n' "$((SECONDS - start))"
-  start=$SECONDS
-  bash tests/e2e/runbooks.sh   # day-2 runbooks on the embedded stack: rotate, renew, recover, rollout, registry, dev, backup/restore
+  bash tests/e2e/runbooks.sh   # day-2 runbooks: rotate, renew, recover, rollout, registry, dev profile, backup/restore
   printf '[test] e2e runbooks: passed in %ss\n' "$((SECONDS - start))"
 }
+
+# Crash consistency, concurrency, leaks, engine fault (it stops dockerd: nothing else may run), disk full.
+e2e_battery() {
+  local start=$SECONDS
+  bash tests/e2e/battery.sh
+  printf '[test] e2e battery: passed in %ss\n' "$((SECONDS - start))"
+}
+
+stage_e2e() {
+  e2e_stack
+  e2e_battery
+}
+
+# molecule and e2e together: the Molecule scenarios (their own containers and projects) run in the
+# background while the embedded stack's tests run; then the battery, alone. Mostly waiting on apt,
+# health checks and the engine, so the two overlap well on 2 cores. HYHOME_TEST_SERIAL=1: one after the other.
+stage_molecule_e2e() {
+  local mlog mpid rc=0
+  mlog=$(mktemp /tmp/hyhome-molecule.XXXXXX.log)
+  set -m   # the background stage gets its own process group, so a failure here stops all of it
+  stage_molecule >"$mlog" 2>&1 &
+  mpid=$!
+  set +m
+  trap 'kill -- -"$mpid" 2>/dev/null || :' EXIT
+  e2e_stack
+  printf '\n[test] e2e stack tests done; waiting for the molecule stage (log: %s)\n' "$mlog"
+  wait "$mpid" || rc=$?
+  trap - EXIT
+  printf '\n[test] ===== molecule (ran alongside e2e) =====\n'
+  cat "$mlog"
+  [ "$rc" -eq 0 ] || { printf '[test] molecule stage failed (rc %s)\n' "$rc"; exit "$rc"; }
+  rm -f "$mlog"
+  e2e_battery
+}
+
+# Both molecule and e2e asked for: run them together (see stage_molecule_e2e).
+if [ -z "${HYHOME_TEST_SERIAL:-}" ] && [[ " ${stages[*]} " == *" molecule "* ]] && [[ " ${stages[*]} " == *" e2e "* ]]; then
+  merged=()
+  for st in "${stages[@]}"; do
+    case $st in molecule) merged+=(molecule_e2e) ;; e2e) ;; *) merged+=("$st") ;; esac
+  done
+  stages=("${merged[@]}")
+fi
 
 for st in "${stages[@]}"; do run_stage "$st"; done
 printf '\n[test] all passed in %ss\n' "$((SECONDS - t0))"

@@ -67,8 +67,8 @@ def test_day0_json_report(root, converged):
     assert doc["command"] == "day0" and doc["status"] == "ok" and doc["exit_code"] == 0
     assert [s["name"] for s in doc["steps"]] == DAY0
     assert {s["name"]: s["status"] for s in doc["steps"]} == {
-        "engine": "ok", "preflight": "ok", "env": "changed", "secrets": "changed", "tls": "changed", "data_dirs": "changed",
-        "validate": "ok", "compose": "changed", "verify": "ok"}
+        "engine": "ok", "preflight": "ok", "env": "changed", "secrets": "changed", "tls": "changed",
+        "data_dirs": "changed", "validate": "ok", "compose": "changed", "verify": "ok"}
     secrets = next(s for s in doc["steps"] if s["name"] == "secrets")
     assert secrets["changes"][0]["details"] == ["db_password: generated", "smtp_password: placeholder-written"]
     assert doc["hosts"]["localhost"]["failed"] == 0 and doc["stats"]["changed"] == 6
