@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 import textwrap
@@ -85,7 +86,8 @@ def test_profiles_default_is_the_same_everywhere():
         if "project_argspec(" not in text:
             continue
         for option in ("profiles", "files", "docker_cli", "compose_files", "env_file"):
-            assert f'"{option}": {{"type"' not in text and f"{option}=dict(" not in text, (name, option)
+            assert f'"{option}": {{"type"' not in text, (name, option)
+            assert not re.search(rf"(?<![\w]){option}=dict\(", text), (name, option)   # not extra_files=dict(
         assert "hyhome.bootstrap.project" in text, name
 
 
