@@ -134,7 +134,7 @@ class Images:
 def recorded_digest(image: dict | None, repository: str) -> str | None:
     """The digest Docker recorded for this image in ``repository`` (after a push or a pull)."""
     for entry in (image or {}).get("repo_digests") or []:
-        repo, _, digest = entry.rpartition("@")
+        repo, _sep, digest = entry.rpartition("@")
         if repo == repository and DIGEST_RE.fullmatch(digest):
             return digest
     return None
