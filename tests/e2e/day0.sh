@@ -31,7 +31,7 @@ check_report() {
 import json, subprocess, sys
 doc = json.load(open(sys.argv[1]))
 assert doc["status"] == "ok" and doc["exit_code"] == 0 and doc["failure"] is None, doc["status"]
-assert [s["name"] for s in doc["steps"]][:1] == ["preflight"] and all(
+assert [s["name"] for s in doc["steps"]][:2] == ["engine", "preflight"] and all(
     s["status"] in ("ok", "changed") for s in doc["steps"]), [(s["name"], s["status"]) for s in doc["steps"]]
 health = {h["service"]: h["healthy"] for h in doc["health"]}
 running = set(sys.argv[2].split())
