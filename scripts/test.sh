@@ -59,18 +59,27 @@ stage_unit() {
   python -m pytest -q
 }
 
-stage_molecule() {
-  local s scenarios
-  if [ -n "${MOLECULE_SCENARIOS:-}" ]; then read -r -a scenarios <<<"$MOLECULE_SCENARIOS"
+molecule_scenarios() {
+  if [ -n "${MOLECULE_SCENARIOS:-}" ]; then printf '%s\n' $MOLECULE_SCENARIOS
   else
-    scenarios=()
-    for s in molecule/*/molecule.yml; do scenarios+=("$(basename "$(dirname "$s")")"); done
+    local s
+    for s in molecule/*/molecule.yml; do basename "$(dirname "$s")"; done
   fi
-  for s in "${scenarios[@]}"; do
-    local start=$SECONDS
+}
+
+molecule_run() {   # scenario ... (one after the other)
+  local s start
+  for s in "$@"; do
+    start=$SECONDS
     molecule test -s "$s"
     printf '[test] molecule %s: passed in %ss\n' "$s" "$((SECONDS - start))"
   done
+}
+
+stage_molecule() {
+  local scenarios
+  mapfile -t scenarios < <(molecule_scenarios)
+  molecule_run "${scenarios[@]}"
 }
 
 # The embedded stack's end-to-end tests (project "hyhome", one at a time).
@@ -94,25 +103,41 @@ stage_e2e() {
   e2e_battery
 }
 
-# molecule and e2e together: the Molecule scenarios (their own containers and projects) run in the
-# background while the embedded stack's tests run; then the battery, alone. Mostly waiting on apt,
-# health checks and the engine, so the two overlap well on 2 cores. HYHOME_TEST_SERIAL=1: one after the other.
+# molecule and e2e together: while the embedded stack's tests run, the Molecule scenarios run in the
+# background in two streams (their own containers, engines and compose projects): the scenarios that
+# install an engine or packages in their targets (apt through NAT) in one, the rest in the other. Then the
+# battery, alone. The work is mostly waiting on apt, health checks and the engine, so the three overlap
+# well on 2 cores. HYHOME_TEST_SERIAL=1 runs everything one after the other.
+NESTED_SCENARIOS=" multihost docker_engine registry "
 stage_molecule_e2e() {
-  local mlog mpid rc=0
-  mlog=$(mktemp /tmp/hyhome-molecule.XXXXXX.log)
-  set -m   # the background stage gets its own process group, so a failure here stops all of it
-  stage_molecule >"$mlog" 2>&1 &
-  mpid=$!
+  local s nested=() other=() logs=() pids=() rc=0 i
+  while read -r s; do
+    if [[ "$NESTED_SCENARIOS" == *" $s "* ]]; then nested+=("$s"); else other+=("$s"); fi
+  done < <(molecule_scenarios)
+  set -m   # each background stream gets its own process group, so a failure here stops all of it
+  for i in 0 1; do
+    logs[i]=$(mktemp /tmp/hyhome-molecule.XXXXXX.log)
+    if [ "$i" -eq 0 ]; then molecule_run ${nested[@]+"${nested[@]}"} >"${logs[i]}" 2>&1 &
+    else molecule_run ${other[@]+"${other[@]}"} >"${logs[i]}" 2>&1 &
+    fi
+    pids[i]=$!
+  done
   set +m
-  trap 'kill -- -"$mpid" 2>/dev/null || :' EXIT
+  trap 'for p in "${pids[@]}"; do kill -- -"$p" 2>/dev/null || :; done' EXIT
   e2e_stack
-  printf '\n[test] e2e stack tests done; waiting for the molecule stage (log: %s)\n' "$mlog"
-  wait "$mpid" || rc=$?
+  printf '\n[test] e2e stack tests done; waiting for the molecule streams (logs: %s)\n' "${logs[*]}"
+  for i in 0 1; do
+    wait "${pids[i]}" || rc=$?
+    printf '\n[test] ===== molecule stream %s (ran alongside e2e) =====\n' "$((i + 1))"
+    cat "${logs[i]}"
+    [ "$rc" -eq 0 ] || break
+  done
   trap - EXIT
-  printf '\n[test] ===== molecule (ran alongside e2e) =====\n'
-  cat "$mlog"
-  [ "$rc" -eq 0 ] || { printf '[test] molecule stage failed (rc %s)\n' "$rc"; exit "$rc"; }
-  rm -f "$mlog"
+  if [ "$rc" -ne 0 ]; then
+    for p in "${pids[@]}"; do kill -- -"$p" 2>/dev/null || :; done
+    printf '[test] molecule stage failed (rc %s)\n' "$rc"; exit "$rc"
+  fi
+  rm -f "${logs[@]}"
   e2e_battery
 }
 
