@@ -114,6 +114,9 @@ stage_molecule_e2e() {
   while read -r s; do
     if [[ "$NESTED_SCENARIOS" == *" $s "* ]]; then nested+=("$s"); else other+=("$s"); fi
   done < <(molecule_scenarios)
+  # The stack's images, built once before anything runs in parallel (the multihost scenario sends them to its
+  # hosts, the e2e tests run them): two concurrent builds of one tag would race. Cached: a few seconds.
+  docker compose --project-directory stack --env-file stack/.env.example build --quiet
   set -m   # each background stream gets its own process group, so a failure here stops all of it
   for i in 0 1; do
     logs[i]=$(mktemp /tmp/hyhome-molecule.XXXXXX.log)
