@@ -27,6 +27,7 @@ errors say file:line and the kind of problem, never the text of a line.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import re
 import secrets
@@ -682,7 +683,7 @@ def _backup(p: EnvPlan) -> str:
     try:
         ensure_state_dir(p.project_dir)
         directory = backup_dir(p.project_dir)
-        if not os.path.lexists(directory):
+        with contextlib.suppress(FileExistsError):  # checked next, whoever made it
             os.mkdir(directory, 0o700)
         st = os.lstat(directory)
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():

@@ -32,6 +32,7 @@ API:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -236,7 +237,7 @@ def ensure_state_dir(project_dir: str) -> str:
     from ansible_collections.hyhome.bootstrap.plugins.module_utils.fileops import atomic_write
 
     directory = os.path.join(project_dir, STATE_DIR)
-    if not os.path.lexists(directory):
+    with contextlib.suppress(FileExistsError):      # made already (maybe by a concurrent step): checked next
         os.mkdir(directory, 0o700)
     if not _safe_dir(directory):
         raise HyHomeError(f"{directory} is not a directory of this user (a symlink, a file or another "

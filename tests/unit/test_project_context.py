@@ -462,3 +462,20 @@ def test_state_dir_is_private_and_ignored_by_git(tmp_path):
     (other / ".hyhome").symlink_to(tmp_path)
     with pytest.raises(HyHomeError, match="not a directory of this user"):
         pc.ensure_state_dir(str(other))
+
+
+def test_state_dir_made_by_a_concurrent_step_between_check_and_mkdir(tmp_path, monkeypatch):
+    """Two steps (threads of one module, or two modules) may both find .hyhome missing: the one whose
+    mkdir loses the race goes on with the directory the other made (CI once saw FileExistsError here)."""
+    project = tmp_path / "p"
+    project.mkdir()
+    real_mkdir = os.mkdir
+
+    def racing_mkdir(path, mode=0o777):
+        real_mkdir(path, 0o700)                          # the other step wins ...
+        raise FileExistsError(17, "File exists", path)   # ... this one finds it made
+
+    monkeypatch.setattr(pc.os, "mkdir", racing_mkdir)
+    d = pc.ensure_state_dir(str(project))
+    assert os.stat(d).st_mode & 0o777 == 0o700
+    assert (project / ".hyhome" / ".gitignore").is_file()
