@@ -10,7 +10,9 @@ Documented once by the doc fragment ``hyhome.bootstrap.project``; the argument s
     profiles      list of str, default []         ("*" activates every profile)
     docker_cli    str, default "docker"           alias: docker
 
-Modules load the project with :func:`load` (or hand :func:`loader` to a core that loads it), so
+Modules load the project with :func:`load_checked` (refuse a system directory, load, refuse a
+project Compose rejects), :func:`load` where a rejected project is still worth reading, or hand
+:func:`loader` to a core that loads it, so
 every step of a run shares one project context (``project_context``): ``docker compose config``
 runs once per content of the project, and each result reports ``project_context``.
 """
@@ -57,11 +59,28 @@ def loader(check_mode: bool, load_project=None):
     return functools.partial(load_project, cache=cache_mode(check_mode))
 
 
-def load(params: dict, check_mode: bool = False):
-    """The project named by the module parameters, through the run's project context."""
+def load(params: dict, check_mode: bool = False, env_file: str | None = None):
+    """The project named by the module parameters, through the run's project context. With
+    ``env_file`` (a file not yet in place, such as a backup's ``.env``) the context is neither read
+    nor written."""
     from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_model import load_project
 
-    return load_project(params["project_dir"], cache=cache_mode(check_mode), **project_kwargs(params))
+    kwargs = project_kwargs(params)
+    if env_file:
+        kwargs["env_file"] = env_file
+    return load_project(params["project_dir"], cache="off" if env_file else cache_mode(check_mode), **kwargs)
+
+
+def load_checked(params: dict, check_mode: bool = False, env_file: str | None = None):
+    """What every module that acts on a project does first: refuse a system directory as
+    ``project_dir``, load the project (:func:`load`), and raise the one clear line when
+    ``docker compose config`` rejects it."""
+    from ansible_collections.hyhome.bootstrap.plugins.module_utils.fileops import refuse_dangerous
+
+    refuse_dangerous(params["project_dir"], "project_dir")
+    project = load(params, check_mode, env_file)
+    raise_if_rejected(project, params["project_dir"])
+    return project
 
 
 def raise_if_rejected(project, project_dir) -> None:

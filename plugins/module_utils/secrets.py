@@ -1161,6 +1161,7 @@ class _Run:
     default_uid: int
     default_gid: int
     shared_gid: int | None
+    rotate_to_seed: bool = False
     stamp: str = field(default_factory=_stamp)
 
     def seeded(self, name: str) -> bytes | None:
@@ -1174,14 +1175,16 @@ class _Run:
 
 def plan(specs: list[SecretSpec], secrets_dir: str, project=None, *, rotate=(), restore=(), seed=None,
          default_owner=0, default_group=0, shared_group=None, manage_dir_modes: bool = True,
-         identities=None, project_dir: str | None = None) -> Plan:
+         identities=None, project_dir: str | None = None, rotate_to_seed: bool = False) -> Plan:
     """Decide everything (reading only). Raises HyHomeError for any bad input, listing every
     missing provided secret at once.
 
     ``identities`` answers which uid:gid each consumer runs as (an IdentityResolver; default: one
     that never asks an engine). ``default_owner``/``default_group`` own secrets nobody reads and
     stand in for consumers whose identity nothing resolves. ``project_dir`` (default: the
-    project's) bounds where a secrets tree inside it may resolve to (:func:`check_secrets_dir`)."""
+    project's) bounds where a secrets tree inside it may resolve to (:func:`check_secrets_dir`).
+    ``rotate_to_seed``: a rotated or restored secret takes its ``seed`` value, the one the first host of a
+    shared controller store moved to, instead of its own (so every host of the stack moves to one value)."""
     secrets_dir = os.path.abspath(secrets_dir)
     refuse_dangerous(secrets_dir, "secrets directory")
     check_secrets_dir(secrets_dir, project_dir or getattr(project, "working_dir", None))
@@ -1190,7 +1193,7 @@ def plan(specs: list[SecretSpec], secrets_dir: str, project=None, *, rotate=(), 
     identities = identities if identities is not None else offline_resolver()
     known_warnings = len(identities.warnings)
     run = _Run(secrets_dir, project, identities, dict(seed or {}), frozenset(rotate or ()), frozenset(restore or ()),
-               default_uid, default_gid, shared_gid)
+               default_uid, default_gid, shared_gid, rotate_to_seed)
     _check_requests(specs, list(rotate or ()), list(restore or ()))
     # Read every file first: symlinks, directories and other bad paths fail before any write.
     currents = {s.name: read_current(s.name, s.path) for s in specs}
@@ -1337,9 +1340,23 @@ def _derive_htpasswd(item: Item, cur: Current, hist: list[str], src: Item, run: 
             item.keep(run.stamp, "current", new)
 
 
+def _stored_new_value(item: Item, cur: Current, run: _Run, what: str) -> bytes:
+    """With ``rotate_to_seed``: the value the first host of the shared store moved to (rotated or rolled
+    back) and stored; the store still holding the current value (or none) is an error."""
+    seeded = run.seeded(item.spec.name)
+    if seeded is None or seeded == cur.value:
+        raise HyHomeError(f"{what}: {item.spec.name}: the controller store holds no new value to move to (the "
+                          "first host of the store did not change it); nothing was changed")
+    item.notes.append("the value the first host of the shared controller store moved to")
+    return seeded
+
+
 def _rotate(item: Item, cur: Current, run: _Run) -> None:
-    """A new value on request; the old one goes to the history first."""
-    item.value = generate_value(item.spec)
+    """A new value on request (or, with ``rotate_to_seed``, the store's); the old one goes to the history first."""
+    if run.rotate_to_seed:
+        item.value = _stored_new_value(item, cur, run, "rotate")
+    else:
+        item.value = generate_value(item.spec)
     if cur.exists:
         item.action = "rotated"
         item.keep(run.stamp, "rotated-out", cur.value)
@@ -1350,20 +1367,24 @@ def _rotate(item: Item, cur: Current, run: _Run) -> None:
 
 
 def _roll_back(item: Item, cur: Current, hist: list[str], run: _Run) -> None:
-    """The newest value in the history that differs from the current one; the current one is kept."""
+    """The newest value in the history that differs from the current one (or, with ``rotate_to_seed``,
+    the store's, which a rebuilt host without that history needs); the current one is kept."""
     s = item.spec
-    previous = None
-    for path in reversed(hist):
-        old = _read(path)
-        if old.strip() and old != cur.value:
-            previous = (path, old)
-            break
-    if previous is None:
-        raise HyHomeError(f"restore: {s.name} has no earlier value in its history "
-                          f"({history_dir(run.secrets_dir, s.relpath)})")
-    item.value = previous[1]
+    if run.rotate_to_seed:
+        item.value = _stored_new_value(item, cur, run, "restore")
+    else:
+        previous = None
+        for path in reversed(hist):
+            old = _read(path)
+            if old.strip() and old != cur.value:
+                previous = (path, old)
+                break
+        if previous is None:
+            raise HyHomeError(f"restore: {s.name} has no earlier value in its history "
+                              f"({history_dir(run.secrets_dir, s.relpath)})")
+        item.value = previous[1]
+        item.notes.append(f"value restored from {os.path.basename(previous[0])}")
     item.action = "rolled-back"
-    item.notes.append(f"value restored from {os.path.basename(previous[0])}")
     if cur.exists:
         item.keep(run.stamp, "rolled-back-out", cur.value)
     if s.persistent:

@@ -195,21 +195,9 @@ from ansible_collections.hyhome.bootstrap.plugins.module_utils.project_options i
 
 
 def _project(p, check_mode, env_file=None):
-    from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_model import load_project
-    from ansible_collections.hyhome.bootstrap.plugins.module_utils.project_options import (
-        load,
-        project_kwargs,
-        raise_if_rejected,
-    )
+    from ansible_collections.hyhome.bootstrap.plugins.module_utils.project_options import load_checked
 
-    if env_file:        # the archive's .env, before it is in place: no cache, nothing written
-        kwargs = project_kwargs(p)
-        kwargs["env_file"] = env_file
-        project = load_project(p["project_dir"], cache="off", **kwargs)
-    else:
-        project = load(p, check_mode)
-    raise_if_rejected(project, p["project_dir"])
-    return project
+    return load_checked(p, check_mode, env_file)   # env_file: the archive's .env, before it is in place
 
 
 def _paths(p):

@@ -221,9 +221,8 @@ from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyH
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.fileops import refuse_dangerous  # noqa: E402
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.project_options import (  # noqa: E402
     context_result,
-    load,
+    load_checked,
     project_argspec,
-    raise_if_rejected,
 )
 
 
@@ -263,8 +262,7 @@ def main():
                              recreate_ignored=[], networks_created=[])
         if p["wait_timeout"] <= 0:
             raise HyHomeError("wait_timeout must be a positive number of seconds")
-        project = load(p, module.check_mode)
-        raise_if_rejected(project, p["project_dir"])
+        project = load_checked(p, module.check_mode)
         if p["project_name"]:
             project.name = p["project_name"]
         try:

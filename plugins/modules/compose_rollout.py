@@ -174,12 +174,10 @@ project_context:
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402 - after the documentation, as Ansible expects
 from ansible_collections.hyhome.bootstrap.plugins.module_utils import rollout as core  # noqa: E402
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyHomeError  # noqa: E402
-from ansible_collections.hyhome.bootstrap.plugins.module_utils.fileops import refuse_dangerous  # noqa: E402
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.project_options import (  # noqa: E402
     context_result,
-    load,
+    load_checked,
     project_argspec,
-    raise_if_rejected,
 )
 
 
@@ -206,14 +204,12 @@ def main():
               "plan": [], "steps": [], "drain_warnings": [], "seconds": 0.0, "commands": [], "project_context": {}}
     ops = None
     try:
-        refuse_dangerous(p["project_dir"], "project_dir")
         for name in ("health_timeout", "drain_timeout"):
             if p[name] <= 0:
                 raise HyHomeError(f"{name} must be a positive number of seconds")
         if p["stop_timeout"] < 0:
             raise HyHomeError("stop_timeout must be 0 or more seconds")
-        project = load(p, module.check_mode)
-        raise_if_rejected(project, p["project_dir"])
+        project = load_checked(p, module.check_mode)
         result["project_context"] = context_result(project)
         # Checked before the engine is reached: a wrong name fails the same way everywhere.
         core.check_service(project, p["service"], p["gateway"])

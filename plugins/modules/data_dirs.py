@@ -220,7 +220,6 @@ from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyH
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.project_options import (  # noqa: E402
     context_result,
     project_argspec,
-    raise_if_rejected,
 )
 
 
@@ -245,12 +244,8 @@ def main():
     p = module.params
     try:
         from ansible_collections.hyhome.bootstrap.plugins.module_utils import data_dirs as core
-        from ansible_collections.hyhome.bootstrap.plugins.module_utils.fileops import refuse_dangerous
-        from ansible_collections.hyhome.bootstrap.plugins.module_utils.project_options import load
-
-        refuse_dangerous(p["project_dir"], "project_dir")
-        project = load(p, module.check_mode)
-        raise_if_rejected(project, p["project_dir"])
+        from ansible_collections.hyhome.bootstrap.plugins.module_utils.project_options import load_checked
+        project = load_checked(p, module.check_mode)
         options = {k: p[k] for k in ("allowed_roots", "exclude", "overrides", "image_users", "mode", "shared_mode",
                                      "config_mode", "shared_group", "missing_image", "copy_examples")}
         plan = core.plan(project, options, core.DockerImages(docker_cli=p["docker_cli"]))

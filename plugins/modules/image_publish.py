@@ -128,12 +128,10 @@ from ansible.module_utils.basic import AnsibleModule  # noqa: E402 - after the d
 from ansible_collections.hyhome.bootstrap.plugins.module_utils import image_registry as core  # noqa: E402
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_up import Engine  # noqa: E402
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyHomeError  # noqa: E402
-from ansible_collections.hyhome.bootstrap.plugins.module_utils.fileops import refuse_dangerous  # noqa: E402
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.project_options import (  # noqa: E402
     context_result,
-    load,
+    load_checked,
     project_argspec,
-    raise_if_rejected,
 )
 
 
@@ -152,9 +150,7 @@ def main():
     )
     p = module.params
     try:
-        refuse_dangerous(p["project_dir"], "project_dir")
-        project = load(p, module.check_mode)
-        raise_if_rejected(project, p["project_dir"])
+        project = load_checked(p, module.check_mode)
         if p["project_name"]:
             project.name = p["project_name"]
         targets = core.plan(project, p["services"], p["registry"], p["tag"])

@@ -169,6 +169,14 @@ options:
         placeholder, takes its seed value instead of a new one. An existing different value is kept and warned about.
     type: dict
     default: {}
+  rotate_to_seed:
+    description:
+      - The secrets in O(rotate) and O(restore) take their O(seed) value instead of a new one (or one from this host's
+        history). For the other hosts of a stack that shares one controller store, after the first host rotated
+        (or rolled back) and stored the value, so that every host moves to the same one, a rebuilt host without
+        the history included. A seed that is missing or equal to the current value is an error (nothing changes).
+    type: bool
+    default: false
   exclude:
     description:
       - Glob patterns, relative to O(secrets_dir), of secret files another job owns. Compose secrets matching
@@ -419,7 +427,8 @@ def run(module):
     plan = core.plan(specs, secrets_dir, project, rotate=p["rotate"], restore=p["restore"], seed=p["seed"],
                      default_owner=p["default_owner"], default_group=p["default_group"],
                      shared_group=p["shared_group"], manage_dir_modes=p["manage_dir_modes"],
-                     identities=_identities(p, project), project_dir=p["project_dir"])
+                     identities=_identities(p, project), project_dir=p["project_dir"],
+                     rotate_to_seed=p["rotate_to_seed"])
     excluded = core.excluded_secrets(project, secrets_dir, p["exclude"])
     if plan.changed and not module.check_mode:
         _apply(plan)
@@ -446,29 +455,35 @@ def run(module):
     return result
 
 
+def argument_spec() -> dict:
+    """The module's options (a fresh dict each call)."""
+    return {
+        **project_argspec(project_dir_required=False),
+        "secrets_dir": {"type": "path"},
+        "derive_from_compose": {"type": "bool", "default": True},
+        "registry": {"type": "dict", "default": {}},
+        "registry_file": {"type": "path"},
+        "default_kind": {"type": "str", "default": "password",
+                         "choices": ["password", "hex", "base64", "token", "uuid", "username", "rsa", "ed25519",
+                                     "fernet", "provided"]},
+        "persistent_default": {"type": "bool", "default": True},
+        "default_owner": {"type": "raw", "default": 0},
+        "default_group": {"type": "raw", "default": 0},
+        "shared_group": {"type": "raw"},
+        "overrides": {"type": "dict", "default": {}},
+        "image_users": {"type": "dict", "default": {}},
+        "rotate": {"type": "list", "elements": "str", "default": []},
+        "restore": {"type": "list", "elements": "str", "default": []},
+        "seed": {"type": "dict", "default": {}, "no_log": True},
+        "rotate_to_seed": {"type": "bool", "default": False},
+        "exclude": {"type": "list", "elements": "str", "default": ["certs/*"]},
+        "manage_dir_modes": {"type": "bool", "default": True},
+    }
+
+
 def main():
     module = AnsibleModule(
-        argument_spec={
-            **project_argspec(project_dir_required=False),
-            "secrets_dir": {"type": "path"},
-            "derive_from_compose": {"type": "bool", "default": True},
-            "registry": {"type": "dict", "default": {}},
-            "registry_file": {"type": "path"},
-            "default_kind": {"type": "str", "default": "password",
-                             "choices": ["password", "hex", "base64", "token", "uuid", "username", "rsa", "ed25519",
-                                         "fernet", "provided"]},
-            "persistent_default": {"type": "bool", "default": True},
-            "default_owner": {"type": "raw", "default": 0},
-            "default_group": {"type": "raw", "default": 0},
-            "shared_group": {"type": "raw"},
-            "overrides": {"type": "dict", "default": {}},
-            "image_users": {"type": "dict", "default": {}},
-            "rotate": {"type": "list", "elements": "str", "default": []},
-            "restore": {"type": "list", "elements": "str", "default": []},
-            "seed": {"type": "dict", "default": {}, "no_log": True},
-            "exclude": {"type": "list", "elements": "str", "default": ["certs/*"]},
-            "manage_dir_modes": {"type": "bool", "default": True},
-        },
+        argument_spec=argument_spec(),
         supports_check_mode=True,
     )
     if YAML_IMPORT_ERROR:

@@ -141,9 +141,8 @@ from ansible_collections.hyhome.bootstrap.plugins.module_utils import stack_veri
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyHomeError  # noqa: E402
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.project_options import (  # noqa: E402
     context_result,
-    load,
+    load_checked,
     project_argspec,
-    raise_if_rejected,
 )
 
 
@@ -157,8 +156,7 @@ def _has_content(path: str) -> bool:
 def run(p: dict, check_mode: bool = False) -> dict:
     if not shutil.which(p["docker_cli"]):
         raise HyHomeError(f"{p['docker_cli']} is not installed: install Docker Engine with the Compose v2 plugin")
-    project = load(p, check_mode)
-    raise_if_rejected(project, p["project_dir"])
+    project = load_checked(p, check_mode)
     if p["project_name"]:
         project.name = p["project_name"]
     if p["service"] not in project.services:   # before any engine call: a clear error, nothing read

@@ -157,9 +157,8 @@ from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyH
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.findings import summarize  # noqa: E402
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.project_options import (  # noqa: E402
     context_result,
-    load,
+    load_checked,
     project_argspec,
-    raise_if_rejected,
 )
 
 
@@ -167,8 +166,7 @@ def run(p: dict, check_mode: bool = False) -> dict:
     if not shutil.which(p["docker_cli"]):
         raise HyHomeError(f"{p['docker_cli']} is not installed: there is no running stack to verify",
                           not_running=True, project=p["project_name"] or "")
-    project = load(p, check_mode)
-    raise_if_rejected(project, p["project_dir"])
+    project = load_checked(p, check_mode)
     if p["project_name"]:
         project.name = p["project_name"]
     client = sv.engine_client(project.name)

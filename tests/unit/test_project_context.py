@@ -21,6 +21,7 @@ from ansible_collections.hyhome.bootstrap.plugins.module_utils.project_options i
     cache_mode,
     context_result,
     load,
+    load_checked,
     project_argspec,
     project_kwargs,
 )
@@ -379,6 +380,36 @@ def test_failed_config_is_cached_with_its_error(tmp_path, counting_docker):
     second = load(params(d, docker))
     assert first.config_error and "REQUIRED" in first.config_error and first.source == "raw"
     assert second.context["cache"] == "hit" and second.config_error == first.config_error and calls() == 1
+
+
+@pytest.mark.docker
+def test_load_checked_refuses_a_system_dir_and_a_rejected_project(tmp_path, counting_docker):
+    """The first thing every acting module does: a system directory is refused before anything is
+    read, a project Compose rejects gives its error line (not the warnings), a good one loads."""
+    docker, calls = counting_docker
+    for system in ("/", "/etc", "/usr/lib"):
+        with pytest.raises(HyHomeError, match=f"refusing project_dir {system}"):
+            load_checked(params(system, docker))
+    assert calls() == 0
+    d = make_project(tmp_path)
+    assert sorted(load_checked(params(d, docker)).services) == ["db", "web"]
+    (d / "compose.yaml").write_text(ROOT.replace("${GREETING}", "${REQUIRED:?set REQUIRED}"))
+    with pytest.raises(HyHomeError, match=r"docker compose rejects the project in .*REQUIRED"):
+        load_checked(params(d, docker))
+
+
+@pytest.mark.docker
+def test_load_checked_with_another_env_file_bypasses_the_context(tmp_path, counting_docker):
+    """A backup's .env, read before it is in place: the context is neither read nor written."""
+    docker, calls = counting_docker
+    d = make_project(tmp_path)
+    other = tmp_path / "archived.env"
+    other.write_text("GREETING=from-the-archive\n")
+    project = load_checked(params(d, docker), env_file=str(other))
+    assert project.services["web"].environment["GREETING"] == "from-the-archive"
+    assert context_result(project)["cache"] == "off" and not (d / ".hyhome").exists()
+    load_checked(params(d, docker), env_file=str(other))
+    assert calls() == 2
 
 
 @pytest.mark.docker

@@ -4,6 +4,7 @@ rotation with history, restore, and every bad input (each must write nothing).""
 from __future__ import annotations
 
 import base64
+import copy
 import os
 import re
 import shutil
@@ -549,6 +550,72 @@ def test_rotation_keeps_history_and_reports_consumers(proj):
     assert not run(fixture_specs(proj), proj / "secrets", project).changed
 
 
+def test_hosts_sharing_a_store_rotate_to_the_value_the_first_one_stored(tmp_path):
+    """One stack on two hosts, one controller store: the first host rotates (a new value, stored), the
+    second rotates to that stored value, not to a value of its own; both keep the old one in history."""
+    first, second = tmp_path / "h1" / "secrets", tmp_path / "h2" / "secrets"
+    s1, s2 = one(tmp_path / "h1", persistent=True), one(tmp_path / "h2", persistent=True)
+    run([s1], first)
+    old = (first / "s").read_bytes()
+    run([s2], second, seed={"s": old.decode()})
+    assert (second / "s").read_bytes() == old
+    run([s1], first, rotate=["s"], seed={"s": old.decode()})           # the store still holds the old value
+    new = (first / "s").read_bytes()
+    assert new != old
+    p = run([s2], second, rotate=["s"], seed={"s": new.decode()}, rotate_to_seed=True)
+    assert p.items[0].action == "rotated" and (second / "s").read_bytes() == new
+    assert "first host of the shared controller store moved to" in " ".join(p.items[0].notes)
+    hist = core.history_entries(str(second), "s")
+    assert any(h.endswith("-rotated-out") and Path(h).read_bytes() == old for h in hist)
+    assert not run([s2], second, seed={"s": new.decode()}).changed
+
+
+@pytest.mark.parametrize("store", ["same", "none"])
+def test_rotate_to_seed_without_a_new_stored_value_changes_nothing(tmp_path, store):
+    """The first host did not rotate (the store holds the current value, or nothing): refused, so the
+    host never ends up with a value of its own."""
+    d = tmp_path / "secrets"
+    s = one(tmp_path, persistent=True)
+    run([s], d)
+    current = (d / "s").read_bytes()
+    seed = {"s": current.decode()} if store == "same" else {}
+    before = snapshot(tmp_path)
+    with pytest.raises(HyHomeError, match="rotate: s: the controller store holds no new value to move to"):
+        core.plan([s], str(d), rotate=["s"], seed=seed, rotate_to_seed=True)
+    assert snapshot(tmp_path) == before
+
+
+def test_a_rebuilt_host_without_history_rolls_back_to_the_stored_value(tmp_path):
+    """The first host rolled back (from its history) and stored that value; a host rebuilt since has no
+    history, and follows the store."""
+    first, rebuilt = tmp_path / "h1" / "secrets", tmp_path / "h2" / "secrets"
+    s1, s2 = one(tmp_path / "h1", persistent=True), one(tmp_path / "h2", persistent=True)
+    run([s1], first)
+    old = (first / "s").read_bytes()
+    run([s1], first, rotate=["s"])
+    new = (first / "s").read_bytes()
+    run([s2], rebuilt, seed={"s": new.decode()})                   # rebuilt after the rotation
+    assert not core.history_entries(str(rebuilt), "s")[:-1]         # only its own "current" record
+    with pytest.raises(HyHomeError, match="no earlier value"):
+        core.plan([s2], str(rebuilt), restore=["s"])
+    run([s1], first, restore=["s"])
+    assert (first / "s").read_bytes() == old
+    p = run([s2], rebuilt, restore=["s"], seed={"s": old.decode()}, rotate_to_seed=True)
+    assert p.items[0].action == "rolled-back" and (rebuilt / "s").read_bytes() == old
+    with pytest.raises(HyHomeError, match="restore: s: the controller store holds no new value"):
+        core.plan([s2], str(rebuilt), restore=["s"], seed={"s": old.decode()}, rotate_to_seed=True)
+
+
+def test_rotation_without_rotate_to_seed_ignores_the_store(tmp_path):
+    """A single host (or the first of a store) rotates to a new value even when the store holds another."""
+    d = tmp_path / "secrets"
+    s = one(tmp_path)
+    run([s], d)
+    old = (d / "s").read_bytes()
+    run([s], d, rotate=["s"], seed={"s": "stale-value-from-the-store"})
+    assert (d / "s").read_bytes() not in (old, b"stale-value-from-the-store")
+
+
 def test_deleted_persistent_secret_is_restored_from_history_not_regenerated(tmp_path):
     d = tmp_path / "secrets"
     s = one(tmp_path, persistent=True)
@@ -866,16 +933,15 @@ def test_files_owned_by_another_job_are_excluded(proj):
 
 
 class FakeModule:
-    """Just what secret_files.run() uses of AnsibleModule."""
+    """Just what secret_files.run() uses of AnsibleModule. Its parameters are the defaults of the
+    module's own argument spec (so every test sees the options the module really has), then ``params``."""
 
     def __init__(self, check_mode=False, diff=True, **params):
-        self.params = {
-            "project_dir": None, "secrets_dir": None, "compose_files": [], "profiles": ["*"],
-            "derive_from_compose": True, "registry": {}, "registry_file": None, "default_kind": "password",
-            "persistent_default": True, "default_owner": 0, "default_group": 0, "shared_group": None,
-            "rotate": [], "restore": [], "seed": {}, "exclude": ["certs/*"], "manage_dir_modes": True,
-            "overrides": {}, "image_users": {}, **params,
-        }
+        from ansible_collections.hyhome.bootstrap.plugins.modules import secret_files
+
+        self.params = {name: copy.deepcopy(option.get("default"))
+                       for name, option in secret_files.argument_spec().items()}
+        self.params.update({"profiles": ["*"], **params})
         self.check_mode = check_mode
         self._diff = diff
         self.warnings = []

@@ -28,6 +28,7 @@ from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_model imp
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyHomeError
 from ansible_collections.hyhome.bootstrap.plugins.modules import secret_files
 from ansible_collections.hyhome.bootstrap.plugins.test.resource_name import TestModule as NameTests
+from test_secrets import FakeModule as SecretFilesModule  # same directory: the module's defaults
 from test_secrets import snapshot  # same directory: the "nothing written" proof
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,23 +46,11 @@ def refused(fn, *args, **kw) -> str:
     return err.value.msg
 
 
-class FakeModule:
-    """Just what secret_files.run() uses of AnsibleModule."""
+class FakeModule(SecretFilesModule):
+    """The module's defaults, without reading a compose project unless a test asks for it."""
 
     def __init__(self, check_mode=False, **params):
-        self.params = {
-            "project_dir": None, "secrets_dir": None, "files": [], "env_file": None, "profiles": ["*"],
-            "docker_cli": "docker", "derive_from_compose": False, "registry": {}, "registry_file": None,
-            "default_kind": "password", "persistent_default": True, "default_owner": 0, "default_group": 0,
-            "shared_group": None, "rotate": [], "restore": [], "seed": {}, "exclude": ["certs/*"],
-            "manage_dir_modes": True, "overrides": {}, "image_users": {}, **params,
-        }
-        self.check_mode = check_mode
-        self._diff = True
-        self.warnings = []
-
-    def warn(self, msg):
-        self.warnings.append(msg)
+        super().__init__(check_mode, **{"derive_from_compose": False, **params})
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,7 +21,10 @@ from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_model imp
 )
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.compose_model import Secret as ComposeSecret
 from ansible_collections.hyhome.bootstrap.plugins.module_utils.errors import HyHomeError
-from test_secrets import snapshot  # same directory: the "nothing written" proof
+from test_secrets import (
+    FakeModule,  # same directory: the module's defaults
+    snapshot,  # same directory: the "nothing written" proof
+)
 
 USERNAME = re.compile(r"hyhome_[a-z]{6}[0-9]{2}")
 
@@ -353,24 +356,6 @@ def test_ordinary_names_pass(name):
 # --------------------------------------------------------------------------------------------
 # the module
 # --------------------------------------------------------------------------------------------
-
-class FakeModule:
-    def __init__(self, check_mode=False, **params):
-        self.params = {
-            "project_dir": None, "secrets_dir": None, "files": [], "env_file": None, "profiles": ["*"],
-            "docker_cli": "docker",
-            "derive_from_compose": True, "registry": {}, "registry_file": None, "default_kind": "password",
-            "persistent_default": True, "default_owner": 0, "default_group": 0, "shared_group": None,
-            "rotate": [], "restore": [], "seed": {}, "exclude": ["certs/*"], "manage_dir_modes": True,
-            "overrides": {}, "image_users": {}, **params,
-        }
-        self.check_mode = check_mode
-        self._diff = True
-        self.warnings = []
-
-    def warn(self, msg):
-        self.warnings.append(msg)
-
 
 COMPOSE = """
 name: realworld-secrets
