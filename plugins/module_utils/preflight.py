@@ -550,7 +550,8 @@ def _check_max_map_count(project: Project, facts: HostFacts, opt: Options) -> li
         f"{n} ({_where_text(project, where)})" if where else n for n, where in zip(needing, locations, strict=True))
     want = opt.vm_max_map_count
     subject = "vm.max_map_count"
-    fix = f"sysctl -w vm.max_map_count={want} and persist it in /etc/sysctl.d/99-hyhome.conf"
+    fix = (f"sysctl -w vm.max_map_count={want} and persist it in /etc/sysctl.d/99-hyhome.conf (day0 does both, "
+           "before this check, where /proc/sys is writable)")
     if project.source == "raw":
         who += " (found in the compose files: `docker compose config` failed)"
     if facts.max_map_count is None:

@@ -125,6 +125,13 @@ for p in "${HOST_PATHS[@]}"; do
     bash -c 'grep -F -- "$1 (" "$2" | grep -q "host path, not managed"' _ "$p" "$run1"
 done
 
+# OpenSearch is in the project and the engine was there already (the engine step left it alone): day0's
+# kernel step set vm.max_map_count and persisted it for the next boot.
+mmc=$(cat /proc/sys/vm/max_map_count)
+check "vm.max_map_count is at least 262144 after day0 (has $mmc)" test "$mmc" -ge 262144
+check "vm.max_map_count persisted in /etc/sysctl.d/99-hyhome.conf" \
+  grep -qE '^vm\.max_map_count = [0-9]+$' /etc/sysctl.d/99-hyhome.conf
+
 say "3. data directories carry the images' real users"
 # service data dir -> uid:gid of the user the upstream image runs as (or the user: the service declares)
 declare -A OWNERS=(
